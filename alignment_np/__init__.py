@@ -1,0 +1,64 @@
+"""alignment_np: LLM alignment built from first principles in NumPy.
+
+The stage-10 names of the course are importable from here with their course
+signatures; everything else lives in its own module (one concept per file).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> module that defines it. Resolved on first access (PEP 562), so that
+# ``import alignment_np`` stays fast and never imports an optional dependency.
+_EXPORTS = {
+    # backend and checking
+    "set_backend": "alignment_np.backend",
+    "get_backend": "alignment_np.backend",
+    "get_array_module": "alignment_np.backend",
+    "to_numpy": "alignment_np.backend",
+    "to_device": "alignment_np.backend",
+    "check_gradients": "alignment_np.gradcheck",
+    "numerical_gradient": "alignment_np.gradcheck",
+    "relative_error": "alignment_np.gradcheck",
+    # stage 10: preference data
+    "PreferencePair": "alignment_np.data.preferences",
+    "create_preference_dataset": "alignment_np.data.preferences",
+    "load_preferences": "alignment_np.data.preferences",
+    "save_preferences": "alignment_np.data.preferences",
+    # stage 10: reward model
+    "RewardModel": "alignment_np.nn.reward_mlp",
+    "reward_model_loss": "alignment_np.losses.bradley_terry",
+    # stage 10: log-probs and DPO
+    "compute_log_probs": "alignment_np.functional.logprobs",
+    "SequenceLogProbs": "alignment_np.functional.logprobs",
+    "DPOTrainer": "alignment_np.trainers.dpo",
+    "dpo_loss": "alignment_np.losses.dpo",
+    # stage 10: PPO and KL
+    "PPOBuffer": "alignment_np.rl.buffer",
+    "compute_gae": "alignment_np.rl.gae",
+    "whiten": "alignment_np.rl.gae",
+    "ppo_loss": "alignment_np.losses.ppo",
+    "value_loss": "alignment_np.losses.ppo",
+    "entropy_from_logits": "alignment_np.losses.ppo",
+    "kl_divergence": "alignment_np.losses.kl",
+    "kl_penalty_reward": "alignment_np.losses.kl",
+    "AdaptiveKLController": "alignment_np.rl.kl_control",
+    "FixedKLController": "alignment_np.rl.kl_control",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alignment_np' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: the next access is a plain attribute
+    return value
+
+
+def __dir__():
+    return __all__

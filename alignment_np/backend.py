@@ -1,0 +1,131 @@
+"""Which array module runs the code: NumPy (default) or CuPy (a GPU).
+
+The backend is chosen once, here, and the rest of the library never imports
+NumPy or CuPy to *decide* where data lives. Two rules, as in chainer and thinc:
+
+* kernels dispatch on their inputs: ``xp = get_array_module(x)`` at the top of
+  every kernel, so the data's device decides and nothing is copied implicitly;
+* code that *creates* arrays from nothing (initialising parameters, sampling)
+  asks for the active module with ``xp_active()``.
+
+Choose CuPy with ``ALIGNMENT_NP_BACKEND=cupy`` in the environment or with
+``set_backend("cupy")``. Asking for CuPy where it is not installed or no GPU is
+visible raises ``RuntimeError`` at that moment, not an obscure error later.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+
+BACKENDS = ("numpy", "cupy")
+
+try:  # guarded import: CuPy is an optional extra (``pip install alignment_np[gpu]``)
+    import cupy as _cupy  # type: ignore
+except Exception:  # ImportError, or a CUDA library that fails to load
+    _cupy = None
+
+_active = "numpy"
+
+
+def has_cupy() -> bool:
+    """True when the ``cupy`` package imports."""
+    return _cupy is not None
+
+
+def has_cupy_gpu() -> bool:
+    """True when CuPy imports *and* sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _require_cupy() -> types.ModuleType:
+    if _cupy is None:
+        raise RuntimeError(
+            "backend 'cupy' was requested but CuPy is not installed; "
+            "install it with `pip install alignment_np[gpu]` (cupy-cuda12x) "
+            "or use the 'numpy' backend"
+        )
+    if not has_cupy_gpu():
+        raise RuntimeError(
+            "backend 'cupy' was requested but CuPy sees no CUDA device "
+            "(cupy.cuda.runtime.getDeviceCount() == 0 or the driver failed); "
+            "use the 'numpy' backend on this machine"
+        )
+    return _cupy
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` ('numpy' or 'cupy') the module used to create new arrays."""
+    global _active
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    if key == "cupy":
+        _require_cupy()
+    _active = key
+
+
+def get_backend() -> str:
+    """The active backend's name: 'numpy' or 'cupy'."""
+    return _active
+
+
+def xp_active() -> types.ModuleType:
+    """The active array module, for creating new arrays (parameters, noise)."""
+    return _cupy if _active == "cupy" else np
+
+
+def get_array_module(*arrays) -> types.ModuleType:
+    """The array module that owns ``arrays``: CuPy if any of them is a CuPy array.
+
+    Like ``cupy.get_array_module``; scalars and NumPy arrays give NumPy.
+    """
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def is_cupy_array(x) -> bool:
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def to_numpy(x):
+    """A NumPy array with the values of ``x`` (copied from the GPU if needed)."""
+    if is_cupy_array(x):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_device(x, backend: str | None = None):
+    """``x`` as an array of ``backend`` (default: the active one).
+
+    Moving between devices is always explicit: kernels never call this.
+    """
+    target = get_backend() if backend is None else backend
+    if target not in BACKENDS:
+        raise ValueError(f"unknown backend {target!r}; choose one of {list(BACKENDS)}")
+    if target == "cupy":
+        return _require_cupy().asarray(x)
+    return to_numpy(x)
+
+
+def available_backends() -> list[str]:
+    """Backends that work on this machine ('numpy' always, 'cupy' with a GPU)."""
+    return ["numpy", "cupy"] if has_cupy_gpu() else ["numpy"]
+
+
+_env = os.environ.get("ALIGNMENT_NP_BACKEND")
+if _env:
+    set_backend(_env)
+del _env

@@ -1,0 +1,61 @@
+"""Shared test configuration: Hypothesis profiles and the backend fixture.
+
+Profiles (select with ``--hypothesis-profile NAME``):
+  dev       the default: quick, randomised;
+  ci        derandomized and chosen automatically when ``CI=true``;
+  thorough  many more examples, for a long local run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from alignment_np import backend as B
+
+settings.register_profile(
+    "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+
+BACKEND_PARAMS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param(
+        "cupy",
+        id="cupy",
+        marks=[
+            pytest.mark.cupy,
+            pytest.mark.skipif(not B.has_cupy_gpu(), reason="CuPy with a CUDA device is not available"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def xp(request):
+    """The array module of each available backend, made active for the test."""
+    previous = B.get_backend()
+    B.set_backend(request.param)
+    try:
+        yield B.xp_active()
+    finally:
+        B.set_backend(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
