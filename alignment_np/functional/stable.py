@@ -20,6 +20,8 @@ Derivatives used by backward passes:
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
 
 
@@ -32,7 +34,12 @@ def logsumexp(x, axis: int = -1, keepdims: bool = False):
     m = xp.max(x, axis=axis, keepdims=True)
     # A row of all -inf (fully masked) would give m = -inf and -inf - -inf = nan.
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
-    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    s = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
+    if xp is np:
+        with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer there
+            out = xp.log(s) + m
+    else:
+        out = xp.log(s) + m
     return out if keepdims else xp.squeeze(out, axis=axis)
 
 

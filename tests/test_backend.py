@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from alignment_np import backend as B
+
+
+def test_default_backend_is_numpy():
+    assert B.get_backend() in B.BACKENDS
+    assert B.get_array_module(np.zeros(3)) is np
+    assert B.get_array_module(1.0, [1, 2]) is np
+
+
+def test_unknown_backend_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown backend 'torch'.*numpy.*cupy"):
+        B.set_backend("torch")
+    with pytest.raises(ValueError, match="unknown backend"):
+        B.to_device(np.zeros(2), "jax")
+
+
+def test_backend_name_must_be_str():
+    with pytest.raises(TypeError, match="must be a str"):
+        B.set_backend(3)
+
+
+@pytest.mark.skipif(B.has_cupy_gpu(), reason="this machine has a GPU: the error path cannot be reached")
+def test_cupy_without_gpu_raises_runtime_error_at_once():
+    before = B.get_backend()
+    with pytest.raises(RuntimeError, match="cupy"):
+        B.set_backend("cupy")
+    assert B.get_backend() == before  # a failed switch changes nothing
+    with pytest.raises(RuntimeError, match="cupy"):
+        B.to_device(np.zeros(2), "cupy")
+
+
+def test_set_backend_is_case_insensitive_and_reversible():
+    before = B.get_backend()
+    B.set_backend(" NumPy ")
+    assert B.get_backend() == "numpy"
+    B.set_backend(before)
+
+
+def test_env_var_selects_backend(monkeypatch):
+    import importlib
+    import subprocess
+    import sys
+
+    code = "import alignment_np.backend as b; print(b.get_backend())"
+    env = dict(**__import__("os").environ, ALIGNMENT_NP_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy"
+    env["ALIGNMENT_NP_BACKEND"] = "nonsense"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown backend 'nonsense'" in bad.stderr
+    importlib.reload  # keep the import used
+
+
+def test_active_module_creates_on_active_backend(xp):
+    a = B.xp_active().ones(3)
+    assert B.get_array_module(a) is xp
+
+
+def test_to_numpy_and_to_device_round_trip(xp):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    d = B.to_device(x)
+    assert B.get_array_module(d) is xp
+    back = B.to_numpy(d)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, x)
+    assert back.dtype == np.float32
+
+
+def test_available_backends_always_has_numpy():
+    assert B.available_backends()[0] == "numpy"
