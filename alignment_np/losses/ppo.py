@@ -1,0 +1,265 @@
+"""PPO losses: the clipped surrogate, the clipped value loss and the entropy bonus.
+
+Each function takes arrays, returns ``(loss, gradient)`` with the gradient
+written out by hand, and is checked against finite differences in the tests.
+``loss`` is a scalar of the inputs' dtype on their device (a NumPy scalar or
+a 0-d CuPy array; ``float(loss)`` gives a Python number); gradients have the shape and dtype of the input they
+belong to.
+
+Shapes: the per-action arrays may have any shape, all the same: (N,) for N
+sampled actions, or (B, T) for B responses of T tokens in RLHF. ``mask`` (same
+shape, 1 = real token, 0 = padding) restricts every mean to the masked-in
+entries: N below is their count. Masked-out entries may hold anything (TRL
+writes 1.0 into padded log-probs, others write -inf): they are replaced by 0
+before any arithmetic, get gradient 0 and never produce a nan.
+
+References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
+(arXiv:1707.06347), Eq. 7 (clipped surrogate) and Eq. 9 (value loss and
+entropy bonus); the value-clipping form of OpenAI baselines' PPO2.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from ..backend import get_array_module
+from ..functional.stable import log_softmax
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _float_array(name: str, x, xp):
+    arr = xp.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_same_shape(shape, **arrays) -> None:
+    for name, arr in arrays.items():
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {tuple(shape)} like the first argument, got {tuple(arr.shape)}")
+
+
+def _mask_and_count(mask, shape, xp, what: str = "the first argument"):
+    """(boolean mask or None, N = number of counted entries), validated."""
+    if mask is None:
+        n = 1
+        for s in shape:
+            n *= s
+        if n == 0:
+            raise ValueError(f"cannot average over an empty array: {what} has shape {tuple(shape)}")
+        return None, n
+    m = xp.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError(f"mask must have shape {tuple(shape)} like {what}, got {tuple(m.shape)}")
+    if m.dtype != xp.bool_ and bool(xp.any((m != 0) & (m != 1))):
+        raise ValueError("mask must contain only 0 and 1 (or booleans), got other values")
+    m = m.astype(bool)
+    n = int(m.sum())
+    if n == 0:
+        raise ValueError("mask selects no entries (its sum is 0): there is nothing to average")
+    return m, n
+
+
+def _check_range(name: str, value, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not low < float(value) < high:  # also rejects nan
+        raise ValueError(f"{name} must lie strictly between {low} and {high}, got {value!r}")
+    return float(value)
+
+
+def _masked_mean(x, m, n, xp) -> float:
+    total = x.sum() if m is None else xp.where(m, x, 0).sum()
+    return float(total) / n
+
+
+# ----------------------------------------------------------------------------- policy loss
+
+
+def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None, return_metrics=False):
+    """PPO's clipped surrogate loss and its gradient w.r.t. ``new_log_probs``.
+
+    new_log_probs: (N,) or (B, T), log pi_theta(a_t | s_t) of the sampled actions
+                   under the policy being trained.
+    old_log_probs: same shape, log pi_old(a_t | s_t) recorded at rollout time.
+    advantages:    same shape, A_t (e.g. from ``compute_gae``, often whitened).
+    clip_ratio:    epsilon in (0, 1); the ratio is clipped to [1 - eps, 1 + eps].
+    mask:          optional, same shape; the mean runs over masked-in entries.
+    return_metrics: also return a dict of Python floats:
+        ``clip_fraction``: fraction of entries where the clipped term is the
+            minimum (so their gradient is 0); TRL's ``clipfrac``.
+        ``approx_kl``: mean((r - 1) - log r), Schulman's k3 estimator of
+            KL(pi_old || pi_theta) from samples of pi_old
+            (http://joschu.net/blog/kl-approx.html, as in CleanRL).
+        ``ratio_mean``: mean of r.
+
+    With r = exp(new_log_probs - old_log_probs) (Schulman et al. 2017, Eq. 7):
+
+        loss = -mean( min(r * A, clip(r, 1 - eps, 1 + eps) * A) )
+
+    Returns ``(loss, grad_new_log_probs)`` (+ ``metrics``). The gradient is
+    ``-r * A / N`` where the unclipped term is the minimum and exactly 0 where
+    the clipped term is (see the four regions in the code).
+
+    r is computed as written, with no clipping of the log-ratio: it overflows
+    (NumPy warns) only if the policy moved a probability by a factor of e^88
+    (float32) within one update, a run that has already diverged.
+    """
+    xp = get_array_module(new_log_probs, old_log_probs, advantages, mask)
+    new_log_probs = _float_array("new_log_probs", new_log_probs, xp)
+    old_log_probs = _float_array("old_log_probs", old_log_probs, xp)
+    advantages = _float_array("advantages", advantages, xp)
+    _check_same_shape(new_log_probs.shape, old_log_probs=old_log_probs, advantages=advantages)
+    eps = _check_range("clip_ratio", clip_ratio, 0.0, 1.0)
+    m, n = _mask_and_count(mask, new_log_probs.shape, xp, "new_log_probs")
+
+    if m is not None:  # padding holds anything: zero it before it meets exp or a subtraction
+        new_log_probs = xp.where(m, new_log_probs, 0)
+        old_log_probs = xp.where(m, old_log_probs, 0)
+        advantages = xp.where(m, advantages, 0)  # so padded entries contribute 0 below
+
+    log_ratio = new_log_probs - old_log_probs
+    ratio = xp.exp(log_ratio)  # r = pi_theta / pi_old; dr / d(new_log_prob) = r
+    unclipped = ratio * advantages
+    clipped = xp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages
+    # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0 * ... = 0.
+    surrogate = xp.minimum(unclipped, clipped)
+    loss = -surrogate.sum() / n
+
+    # Which term is the minimum decides the gradient. Four regions:
+    #   A > 0, r <= 1 + eps: unclipped r*A is the minimum -> d/dlogp = r*A.
+    #                        This includes r < 1 - eps: the policy made a good
+    #                        action LESS likely, and the gradient still pushes it up.
+    #   A > 0, r >  1 + eps: clipped (1 + eps)*A is the minimum, constant -> 0:
+    #                        no incentive to move further in the good direction.
+    #   A < 0, r >= 1 - eps: unclipped r*A is the minimum -> r*A. This includes
+    #                        r > 1 + eps: a bad action made MORE likely is still pushed down.
+    #   A < 0, r <  1 - eps: clipped (1 - eps)*A is the minimum, constant -> 0.
+    # (A = 0 gives r*A = 0 in every region.) The gradient is zero only where the
+    # clipped term is active, NOT wherever r lies outside [1 - eps, 1 + eps].
+    clipped_active = ((advantages > 0) & (ratio > 1.0 + eps)) | ((advantages < 0) & (ratio < 1.0 - eps))
+    grad_new_log_probs = -(ratio * advantages) * (~clipped_active) / n
+
+    if not return_metrics:
+        return loss, grad_new_log_probs
+    metrics = {
+        "clip_fraction": _masked_mean(clipped_active, m, n, xp),
+        # k3: each term (r - 1) - log r >= 0, and its mean under pi_old is KL(pi_old || pi_theta).
+        "approx_kl": _masked_mean((ratio - 1.0) - log_ratio, m, n, xp),
+        "ratio_mean": _masked_mean(ratio, m, n, xp),
+    }
+    return loss, grad_new_log_probs, metrics
+
+
+# ----------------------------------------------------------------------------- value loss
+
+
+def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_metrics=False):
+    """Clipped value loss (PPO2 style) and its gradient w.r.t. ``values``.
+
+    values:     (N,) or (B, T), the critic's V(s_t) now (being trained).
+    old_values: same shape, V_old(s_t) recorded at rollout time.
+    returns:    same shape, the targets R_t (``compute_gae``'s returns).
+    clip_range: c > 0; V may move at most c away from V_old before the clipped
+                term takes over. ``None``: plain 0.5 * mean((V - R)^2).
+    mask:       optional, same shape; the mean runs over masked-in entries.
+    return_metrics: also return ``{"clip_fraction": ...}``, the fraction of
+                entries where the clipped term is strictly larger (TRL's
+                ``vf_clipfrac``).
+
+    With V_clip = V_old + clip(V - V_old, -c, c):
+
+        loss = 0.5 * mean( max((V - R)^2, (V_clip - R)^2) )
+
+    The max makes it pessimistic like the policy loss: moving V further than c
+    from V_old cannot lower the loss. Returns ``(loss, grad_values)``.
+    """
+    xp = get_array_module(values, old_values, returns, mask)
+    values = _float_array("values", values, xp)
+    old_values = _float_array("old_values", old_values, xp)
+    returns = _float_array("returns", returns, xp)
+    _check_same_shape(values.shape, old_values=old_values, returns=returns)
+    if clip_range is not None:
+        clip_range = _check_range("clip_range", clip_range, 0.0, float("inf"))
+    m, n = _mask_and_count(mask, values.shape, xp, "values")
+
+    if m is not None:  # padded entries become 0 everywhere, so they add 0 below
+        values = xp.where(m, values, 0)
+        old_values = xp.where(m, old_values, 0)
+        returns = xp.where(m, returns, 0)
+
+    error = values - returns
+    unclipped = error * error
+    if clip_range is None:
+        loss = 0.5 * unclipped.sum() / n
+        grad_values = error / n  # d/dV 0.5*(V - R)^2 = V - R
+        metrics = {"clip_fraction": 0.0}
+    else:
+        change = values - old_values
+        values_clipped = old_values + xp.clip(change, -clip_range, clip_range)
+        clipped_error = values_clipped - returns
+        clipped = clipped_error * clipped_error
+        loss = 0.5 * xp.maximum(unclipped, clipped).sum() / n
+        # Gradient of the larger term, by region:
+        #   unclipped >= clipped: d/dV 0.5*(V - R)^2 = V - R;
+        #   clipped > unclipped:  d/dV 0.5*(V_clip - R)^2 = (V_clip - R) * dV_clip/dV,
+        #                         with dV_clip/dV = 1 inside |V - V_old| < c and 0 outside.
+        # The clipped term can only be strictly larger outside (inside, V_clip = V
+        # and the terms are equal), so that branch is 0; written out as the chain
+        # rule so it reads like the derivation.
+        inside = xp.abs(change) < clip_range
+        grad_values = xp.where(unclipped >= clipped, error, clipped_error * inside) / n
+        metrics = {"clip_fraction": _masked_mean(clipped > unclipped, m, n, xp)}
+
+    grad_values = grad_values.astype(values.dtype, copy=False)
+    if return_metrics:
+        return loss, grad_values, metrics
+    return loss, grad_values
+
+
+# ----------------------------------------------------------------------------- entropy
+
+
+def entropy_from_logits(logits, mask=None):
+    """Mean entropy of softmax(logits) over positions, and its gradient.
+
+    logits: (..., V), e.g. (B, T, V): unnormalised scores over the vocabulary.
+            -inf entries (banned tokens) are allowed; a row must have at least
+            one finite entry.
+    mask:   optional, shape (...) = logits.shape[:-1]; the mean runs over
+            masked-in positions. Masked-out rows may hold anything.
+
+    Per position, with log p = log_softmax(logits) (max-shifted, stable):
+
+        H = -sum_v p_v log p_v            (0 * log 0 = 0)
+        dH/dlogits_v = -p_v (log p_v + H) = -p_v (log p_v - sum_u p_u log p_u)
+
+    Returns ``(entropy, grad_logits)``: entropy = mean over the N counted
+    positions (a scalar, like ``loss`` above), grad_logits (..., V) its gradient (1/N included).
+    PPO *adds* an entropy bonus to its objective (Schulman et al. 2017, Eq. 9),
+    so a trainer subtracts ``entropy_coef * entropy`` from the loss and scales
+    this gradient by ``-entropy_coef``.
+    """
+    xp = get_array_module(logits, mask)
+    logits = _float_array("logits", logits, xp)
+    if logits.ndim < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+    m, n = _mask_and_count(mask, logits.shape[:-1], xp, "logits.shape[:-1]")
+    if m is not None:
+        logits = xp.where(m[..., None], logits, 0)  # padded rows become uniform, then excluded
+
+    log_probs = log_softmax(logits, axis=-1)
+    probs = xp.exp(log_probs)
+    # 0 * log 0 = 0: where p is exactly 0 (a -inf logit, or underflow) use 0 for
+    # log p, so that 0 * -inf never produces a nan.
+    log_probs = xp.where(probs > 0, log_probs, 0)
+    H = -(probs * log_probs).sum(axis=-1)  # (...)
+    grad_logits = -probs * (log_probs + H[..., None]) / n
+    if m is None:
+        entropy = H.sum() / n
+    else:
+        entropy = xp.where(m, H, 0).sum() / n
+        grad_logits = xp.where(m[..., None], grad_logits, 0)
+    return entropy, grad_logits.astype(logits.dtype, copy=False)
