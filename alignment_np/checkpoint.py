@@ -32,61 +32,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
-from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from .backend import to_numpy
+from .io import atomic_write
 
 FORMAT = "alignment_np.checkpoint"
 VERSION = 1
 
 
-# --------------------------------------------------------------------------- atomic write
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Create or replace the file ``path`` so readers see the old or the new one, never half.
-
-    write: called with a binary file object opened on a temporary file in the
-        same directory as ``path`` (``os.replace`` is atomic only within one
-        file system). If it raises, the temporary file is removed and ``path``
-        is untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never clobber another writer's temporary file; mode 0o666 lets the
-    # umask decide the permissions, as for any file the user creates.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- JSON entries
@@ -250,7 +205,7 @@ def load_checkpoint(path: str | os.PathLike, model=None, optimizer=None) -> dict
 
     tokenizer = None
     if tokenizer_dict is not None:
-        from .data.tokenizer import CharTokenizer  # here: the tokenizer module imports atomic_write
+        from .data.tokenizer import CharTokenizer
 
         try:
             tokenizer = CharTokenizer.from_dict(tokenizer_dict)

@@ -80,13 +80,18 @@ def check_gradients(
     h: float = 1e-6,
     tol: float = 1e-6,
     names: Sequence[str] | None = None,
+    atol: float = 1e-8,
 ) -> list[float]:
     """Compare analytic gradients with central differences; raise if any differ.
 
     f, inputs, dout: as in ``numerical_gradient``.
     analytic: the claimed gradients, one per index in ``wrt`` (default: all inputs).
     Returns the relative errors. Raises ``AssertionError`` naming the first
-    input whose relative error exceeds ``tol``.
+    input whose relative error exceeds ``tol`` *and* whose largest absolute
+    difference exceeds ``atol``. The absolute floor is for gradients that are
+    exactly zero (a bias gradient ``sum(dout)`` with ``dout = [-1, 1]``): there
+    the relative error compares 0 with finite-difference rounding noise of
+    ~1e-10 and reads 1.0 however right the zero is.
     """
     idx = list(range(len(inputs))) if wrt is None else list(wrt)
     if len(analytic) != len(idx):
@@ -102,7 +107,10 @@ def check_gradients(
         err = relative_error(a, num)
         errors.append(err)
         if not err <= tol:
-            raise AssertionError(
-                f"gradient check failed for {label}: relative error {err:.3e} > tol {tol:.1e}"
-            )
+            diff = float(np.max(np.abs(to_numpy(a).astype(np.float64) - to_numpy(num)), initial=0.0))
+            if not diff <= atol:
+                raise AssertionError(
+                    f"gradient check failed for {label}: relative error {err:.3e} > tol {tol:.1e} "
+                    f"(largest absolute difference {diff:.3e} > atol {atol:.1e})"
+                )
     return errors

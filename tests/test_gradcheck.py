@@ -56,3 +56,14 @@ def test_float32_finite_differences_would_be_too_noisy():
     num32 = (np.sin(x32 + np.float32(h)) - np.sin(x32 - np.float32(h))) / np.float32(2 * h)
     assert relative_error(exact, num32) > 1e-3
     assert relative_error(exact, numerical_gradient(np.sin, [x32])) < 1e-8
+
+
+def test_an_exactly_zero_gradient_passes_despite_rounding_noise():
+    # d/db sum(dout * (x + b)) with dout = [-1, 1] is exactly 0; the central
+    # difference returns ~1e-11 of rounding noise, a relative error near 1.
+    x = np.array([0.3, 1.7])
+    dout = np.array([-1.0, 1.0])
+    b = np.array(0.123456789)
+    check_gradients(lambda b: x + b, [b], [np.array(0.0)], dout=dout)
+    with pytest.raises(AssertionError, match="largest absolute difference"):
+        check_gradients(lambda b: x + b, [b], [np.array(1e-4)], dout=dout)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ..io import atomic_write
 
 __all__ = [
     "PreferencePair",
@@ -128,22 +129,11 @@ def save_preferences(pairs: Iterable[PreferencePair], path: str | os.PathLike) -
         except UnicodeEncodeError as err:  # e.g. a lone surrogate from a bad decode
             raise ValueError(f"pairs[{i}]: text cannot be encoded as UTF-8 ({err.reason})") from None
 
-    # The temporary file must live in the target's directory: os.replace is
-    # only atomic within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for line in lines:
-                f.write(line + b"\n")
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    def write(f):
+        for line in lines:
+            f.write(line + b"\n")
+
+    atomic_write(path, write)
 
 
 def _reject_duplicate_keys(items: list[tuple[str, object]]) -> dict:

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..backend import to_numpy, xp_active
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<bos>"
