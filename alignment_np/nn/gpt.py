@@ -1,0 +1,372 @@
+"""TinyGPT: a GPT-2-style decoder with hand-written backprop and three heads.
+
+    idx (B, T) -> wte[idx] + wpe[pos]                      (B, T, D)
+               -> n_layer pre-LN Blocks                    (B, T, D)
+               -> final LayerNorm = h                      (B, T, D)
+    heads:  logits  = h @ wte.T                            (B, T, V)  language model
+            values  = h @ w_v + b_v                        (B, T)     PPO critic
+            rewards = h[b, last real token] @ w_r + b_r    (B,)       reward model
+
+The LM head is *tied* to the token embedding (Press & Wolf 2017; GPT-2):
+the same matrix wte maps ids to vectors and vectors to logits, so its
+gradient is the sum of both uses. There is no dropout: every forward pass is
+deterministic, which the gradient checks and the PPO ratios rely on.
+
+Padding. ``attention_mask`` (B, T) marks real tokens with 1. Positions are
+counted over real tokens only, ``pos = cumsum(mask) - 1`` (clipped at 0), so a
+LEFT-padded prompt (as generation uses) starts at position 0 at its first real
+token, and padding keys are masked out of attention: the real tokens of a
+padded row compute exactly what they would compute alone.
+
+Generation. ``init_kv_cache`` and ``forward_incremental`` keep every layer's
+keys and values, so each new token costs one position's work instead of a
+whole forward over the sequence (inference only: nothing is kept for backward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..functional.attention import attention_bias, causal_bias
+from ..functional.embedding import embedding_backward, embedding_forward
+from .layers import (
+    Block,
+    LayerNorm,
+    Linear,
+    _check_dtype,
+    _check_positive_int,
+    _check_std,
+    _normal,
+)
+from .module import Module, Parameter
+
+HEADS = ("logits", "values", "rewards")
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a TinyGPT. The defaults are the course's benchmark model."""
+
+    vocab_size: int
+    """V: number of token ids (the tokenizer's vocabulary, padding included)."""
+
+    block_size: int = 128
+    """The longest sequence T the model accepts (rows of the position table wpe)."""
+
+    n_layer: int = 4
+    """L: number of transformer blocks."""
+
+    n_head: int = 4
+    """H: attention heads per block; must divide d_model (head width d_model / n_head)."""
+
+    d_model: int = 128
+    """D: width of the residual stream; the MLP is 4 * D wide inside."""
+
+    dtype: str = "float32"
+    """'float32' to train, 'float64' for gradient checks."""
+
+    init_std: float = 0.02
+    """Std of the normal initial weights (GPT-2); the residual projections use
+    init_std / sqrt(2 * n_layer)."""
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            setattr(self, name, _check_positive_int(name, getattr(self, name)))
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"n_head: must divide d_model={self.d_model}, got n_head={self.n_head}"
+            )
+        self.dtype = _check_dtype(self.dtype)
+        self.init_std = _check_std("init_std", self.init_std)
+
+
+def position_ids(attention_mask):
+    """Position of each token among the real tokens of its row.
+
+    attention_mask: (B, T) of 0/1. Returns (B, T) ints: cumsum(mask) - 1,
+    clipped at 0 (left padding sits at position 0; it is never attended to).
+    """
+    xp = get_array_module(attention_mask)
+    return xp.maximum(xp.cumsum(attention_mask.astype(np.int64), axis=1) - 1, 0)
+
+
+def last_token_index(attention_mask):
+    """(B,) index of each row's last real token. attention_mask: (B, T) of 0/1."""
+    xp = get_array_module(attention_mask)
+    t = attention_mask.shape[1]
+    return t - 1 - xp.argmax(attention_mask[:, ::-1].astype(bool), axis=1)
+
+
+class TinyGPT(Module):
+    """A small GPT-2 with a tied LM head, a value head and a reward head.
+
+    Parameters (names as ``named_parameters`` gives them): wte (V, D),
+    wpe (block_size, D), blocks.i.{ln1, attn, ln2, mlp}.*, ln_f.{gamma, beta},
+    value_head.{w (D, 1), b (1,)}, reward_head.{w (D, 1), b (1,)}.
+    ``seed`` makes the initial weights reproducible.
+    """
+
+    def __init__(self, config: GPTConfig, seed: int = 0):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        rng = np.random.default_rng(seed)
+        proj_std = c.init_std / math.sqrt(2 * c.n_layer)
+        self.wte = Parameter(_normal(rng, (c.vocab_size, c.d_model), c.init_std, c.dtype))
+        self.wpe = Parameter(_normal(rng, (c.block_size, c.d_model), c.init_std, c.dtype))
+        self.blocks = [
+            Block(c.d_model, c.n_head, std=c.init_std, proj_std=proj_std, rng=rng, dtype=c.dtype)
+            for _ in range(c.n_layer)
+        ]
+        self.ln_f = LayerNorm(c.d_model, dtype=c.dtype)
+        self.value_head = Linear(c.d_model, 1, std=c.init_std, rng=rng, dtype=c.dtype)
+        self.reward_head = Linear(c.d_model, 1, std=c.init_std, rng=rng, dtype=c.dtype)
+
+    # ------------------------------------------------------------------ trunk
+
+    def trunk_forward(self, idx, attention_mask=None):
+        """Embeddings, blocks and the final LayerNorm (inputs already validated).
+
+        idx: (B, T) ints. attention_mask: (B, T) bool or None (all real).
+        Returns h (B, T, D) and the trunk cache.
+        """
+        xp = get_array_module(self.wte.data)
+        t = idx.shape[1]
+        dtype = self.wte.data.dtype
+        x, tok_cache = embedding_forward(idx, self.wte.data)  # a new array
+        if attention_mask is None:
+            pos = None
+            x += self.wpe.data[:t]  # positions 0..T-1 for every row
+            bias = causal_bias(t, t, dtype, xp)
+        else:
+            pos = position_ids(attention_mask)
+            x += embedding_forward(pos, self.wpe.data)[0]
+            bias = attention_bias(t, t, attention_mask, dtype)  # built once for all layers
+        block_caches = []
+        for block in self.blocks:
+            x, c = block.forward(x, attention_mask, bias)
+            block_caches.append(c)
+        h, ln_f_cache = self.ln_f.forward(x)
+        return h, {"tok": tok_cache, "pos": pos, "blocks": block_caches, "ln_f": ln_f_cache}
+
+    def trunk_backward(self, dh, cache):
+        """Backward through the trunk: dh (B, T, D) = dL/dh. Accumulates grads; returns None."""
+        dx = self.ln_f.backward(dh, cache["ln_f"])
+        for block, c in zip(reversed(self.blocks), reversed(cache["blocks"])):
+            dx = block.backward(dx, c)
+        self.wte.grad += embedding_backward(dx, cache["tok"])
+        if cache["pos"] is None:
+            self.wpe.grad[: dx.shape[1]] += dx.sum(axis=0)
+        else:
+            self.wpe.grad += embedding_backward(dx, (cache["pos"], self.config.block_size))
+
+    # ------------------------------------------------------------------ model
+
+    def forward(self, idx, attention_mask=None, heads=("logits",)):
+        """Run the model and the requested heads.
+
+        idx: (B, T) integer token ids in [0, V), T <= block_size.
+        attention_mask: (B, T) of 0/1 or bool (1 = real token), or None (all real).
+            Every row needs at least one real token.
+        heads: a subset of ("logits", "values", "rewards").
+        Returns (outputs, cache) with outputs {"logits": (B, T, V), "values":
+        (B, T), "rewards": (B,)} for the requested heads; rewards are read at
+        each row's last real token.
+        """
+        heads = _check_heads(heads)
+        idx, mask = self._check_tokens(idx, attention_mask)
+        xp = get_array_module(self.wte.data)
+        b, t = idx.shape
+        d = self.config.d_model
+        h, trunk_cache = self.trunk_forward(idx, mask)
+        outputs, cache = {}, {"trunk": trunk_cache, "h": h, "heads": heads}
+        if "logits" in heads:  # tied head: logits = h @ wte.T, one (B*T, D) x (D, V) GEMM
+            outputs["logits"] = xp.matmul(h.reshape(-1, d), self.wte.data.T).reshape(b, t, -1)
+        if "values" in heads:
+            values, cache["values"] = self.value_head.forward(h)
+            outputs["values"] = values.reshape(b, t)
+        if "rewards" in heads:
+            last = xp.full(b, t - 1) if mask is None else last_token_index(mask)
+            rewards, reward_cache = self.reward_head.forward(h[xp.arange(b), last])  # (B, 1)
+            outputs["rewards"] = rewards.reshape(b)
+            cache["rewards"] = (last, reward_cache)
+        return outputs, cache
+
+    def backward(self, grads, cache):
+        """Accumulate every parameter's gradient from the heads' upstream gradients.
+
+        grads: a dict with any non-empty subset of the forward's output keys,
+        e.g. {"logits": dlogits (B, T, V)}, {"values": dvalues (B, T)},
+        {"rewards": drewards (B,)}. cache: from ``forward``. Returns None.
+        """
+        h = cache["h"]
+        b, t, d = h.shape
+        _check_grads(grads, cache["heads"], (b, t, self.config.vocab_size))
+        xp = get_array_module(h)
+        dh = None
+        if "logits" in grads:
+            dlogits = grads["logits"].reshape(-1, self.config.vocab_size)  # (B*T, V)
+            self.wte.grad += xp.matmul(dlogits.T, h.reshape(-1, d))  # the head's share of wte
+            dh = xp.matmul(dlogits, self.wte.data).reshape(b, t, d)
+        if "values" in grads:
+            dh_v = self.value_head.backward(grads["values"].reshape(b, t, 1), cache["values"])
+            dh = dh_v if dh is None else xp.add(dh, dh_v, out=dh)
+        if "rewards" in grads:
+            last, reward_cache = cache["rewards"]
+            dh_last = self.reward_head.backward(grads["rewards"].reshape(b, 1), reward_cache)
+            if dh is None:
+                dh = xp.zeros_like(h)
+            dh[xp.arange(b), last] += dh_last  # one position per row: no repeated index
+        self.trunk_backward(dh, cache["trunk"])
+
+    # ------------------------------------------------------------ generation
+
+    def init_kv_cache(self, batch_size: int, max_len: int) -> dict:
+        """Empty key/value buffers for ``forward_incremental``.
+
+        Returns {"k": [L arrays (B, H, max_len, hd)], "v": [...], "length": 0,
+        "batch_size": B, "max_len": max_len}; max_len <= block_size.
+        """
+        c = self.config
+        batch_size = _check_positive_int("batch_size", batch_size)
+        max_len = _check_positive_int("max_len", max_len)
+        if max_len > c.block_size:
+            raise ValueError(f"max_len: expected <= block_size={c.block_size}, got {max_len}")
+        xp = get_array_module(self.wte.data)
+        shape = (batch_size, c.n_head, max_len, c.d_model // c.n_head)
+        dtype = self.wte.data.dtype
+        return {
+            "k": [xp.zeros(shape, dtype=dtype) for _ in range(c.n_layer)],
+            "v": [xp.zeros(shape, dtype=dtype) for _ in range(c.n_layer)],
+            "length": 0,
+            "batch_size": batch_size,
+            "max_len": max_len,
+        }
+
+    def forward_incremental(self, idx_new, kv_cache, attention_mask=None):
+        """Logits for new tokens, appending their keys and values to ``kv_cache``.
+
+        idx_new: (B, t_new) token ids following the ``kv_cache["length"]`` already seen.
+        attention_mask: the running mask (B, length + t_new) of 0/1, or None.
+        Returns logits (B, t_new, V), equal to the last t_new positions of
+        ``forward`` on the whole sequence. Advances ``kv_cache["length"]``.
+        """
+        if not isinstance(kv_cache, dict) or "k" not in kv_cache:
+            raise ValueError("kv_cache: expected the dict returned by init_kv_cache")
+        xp = get_array_module(self.wte.data)
+        start = kv_cache["length"]
+        idx_new = self._check_ids(idx_new, "idx_new")
+        b, t_new = idx_new.shape
+        end = start + t_new
+        if b != kv_cache["batch_size"]:
+            raise ValueError(
+                f"idx_new: expected batch size {kv_cache['batch_size']} (the cache's), got {b}"
+            )
+        if end > kv_cache["max_len"]:
+            raise ValueError(
+                f"idx_new: {t_new} new tokens after {start} exceed the cache's "
+                f"max_len={kv_cache['max_len']}"
+            )
+        x, _ = embedding_forward(idx_new, self.wte.data)
+        if attention_mask is None:
+            x += self.wpe.data[start:end]
+        else:
+            mask = _check_mask_values(attention_mask, (b, end), xp)
+            x += embedding_forward(position_ids(mask)[:, start:end], self.wpe.data)[0]
+            attention_mask = mask
+        for block, k_cache, v_cache in zip(self.blocks, kv_cache["k"], kv_cache["v"]):
+            x = block.forward_kv(x, k_cache, v_cache, start, attention_mask)
+        h, _ = self.ln_f.forward(x)
+        kv_cache["length"] = end
+        d = self.config.d_model
+        return xp.matmul(h.reshape(-1, d), self.wte.data.T).reshape(b, t_new, -1)
+
+    # ------------------------------------------------------------ validation
+
+    def _check_ids(self, idx, name: str):
+        xp = get_array_module(self.wte.data)
+        if not hasattr(idx, "dtype"):
+            idx = xp.asarray(idx)
+        if get_array_module(idx) is not xp:
+            raise ValueError(
+                f"{name}: expected a {xp.__name__} array (the model's backend), "
+                f"got {type(idx).__module__}.{type(idx).__name__}"
+            )
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"{name}: expected an integer dtype, got {idx.dtype}")
+        if idx.ndim != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"{name}: expected a non-empty (B, T) array, got shape {idx.shape}")
+        v = self.config.vocab_size
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= v:
+            raise ValueError(f"{name}: expected token ids in [0, {v}), got min {lo}, max {hi}")
+        return idx
+
+    def _check_tokens(self, idx, attention_mask):
+        """Validated idx and mask (bool, or None when every token is real)."""
+        idx = self._check_ids(idx, "idx")
+        b, t = idx.shape
+        if t > self.config.block_size:
+            raise ValueError(
+                f"idx: sequence length T={t} exceeds block_size={self.config.block_size}"
+            )
+        if attention_mask is None:
+            return idx, None
+        xp = get_array_module(self.wte.data)
+        mask = _check_mask_values(attention_mask, (b, t), xp)
+        empty = ~mask.any(axis=1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"attention_mask: every row needs at least one real token (1); "
+                f"rows {xp.flatnonzero(empty).tolist()} have none"
+            )
+        if bool(mask.all()):
+            return idx, None  # nothing padded: take the cheaper unmasked path
+        return idx, mask
+
+
+def _check_mask_values(attention_mask, shape, xp):
+    """attention_mask as a bool (B, T) array; ValueError on a wrong shape or non-0/1 values."""
+    if not hasattr(attention_mask, "shape"):
+        attention_mask = xp.asarray(attention_mask)
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(
+            f"attention_mask: expected shape {tuple(shape)} like the token ids, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    if attention_mask.dtype != bool and not bool(
+        xp.all((attention_mask == 0) | (attention_mask == 1))
+    ):
+        raise ValueError("attention_mask: expected only 0/1 (or bool) values, got other values")
+    return attention_mask.astype(bool)
+
+
+def _check_heads(heads) -> tuple:
+    if isinstance(heads, str):
+        heads = (heads,)
+    heads = tuple(heads)
+    unknown = [h for h in heads if h not in HEADS]
+    if not heads or unknown:
+        raise ValueError(f"heads: expected a non-empty subset of {HEADS}, got {heads!r}")
+    return tuple(h for h in HEADS if h in heads)
+
+
+def _check_grads(grads, heads, btv) -> None:
+    b, t, v = btv
+    if not isinstance(grads, dict) or not grads:
+        raise ValueError(f"grads: expected a non-empty dict keyed by {heads}, got {grads!r}")
+    unknown = [k for k in grads if k not in heads]
+    if unknown:
+        raise ValueError(f"grads: keys {unknown} were not computed by forward (heads {heads})")
+    expected = {"logits": (b, t, v), "values": (b, t), "rewards": (b,)}
+    for key, g in grads.items():
+        if tuple(getattr(g, "shape", ())) != expected[key]:
+            raise ValueError(
+                f"grads[{key!r}]: expected shape {expected[key]}, "
+                f"got {getattr(g, 'shape', type(g).__name__)}"
+            )
