@@ -71,3 +71,14 @@ def test_to_numpy_and_to_device_round_trip(xp):
 
 def test_available_backends_always_has_numpy():
     assert B.available_backends()[0] == "numpy"
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from alignment_np.backend import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == ("True" if on_glibc else "False")
