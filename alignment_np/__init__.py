@@ -46,6 +46,26 @@ _EXPORTS = {
     "kl_penalty_reward": "alignment_np.losses.kl",
     "AdaptiveKLController": "alignment_np.rl.kl_control",
     "FixedKLController": "alignment_np.rl.kl_control",
+    # beyond stage 10: helpers of the same concepts
+    "reward_accuracy": "alignment_np.losses.bradley_terry",
+    "train_reward_model": "alignment_np.trainers.reward_model",
+    "evaluate_reward_model": "alignment_np.trainers.reward_model",
+    "make_preference_features": "alignment_np.data.synthetic",
+    "simpo_loss": "alignment_np.losses.dpo",
+    "kl_estimate": "alignment_np.losses.kl",
+    "compute_gae_reference": "alignment_np.rl.gae",
+    # the tiny GPT and its training parts
+    "GPTConfig": "alignment_np.nn.gpt",
+    "TinyGPT": "alignment_np.nn.gpt",
+    "Parameter": "alignment_np.nn.module",
+    "Module": "alignment_np.nn.module",
+    "SGD": "alignment_np.optim",
+    "AdamW": "alignment_np.optim",
+    "clip_grad_norm": "alignment_np.optim",
+    "cosine_schedule": "alignment_np.optim",
+    "CharTokenizer": "alignment_np.data.tokenizer",
+    "save_checkpoint": "alignment_np.checkpoint",
+    "load_checkpoint": "alignment_np.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

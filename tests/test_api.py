@@ -231,3 +231,12 @@ def test_reward_model_explicit_caches_follow_the_contract():
     np.testing.assert_array_equal(d, d0)
     assert dx.shape == x.shape and not np.shares_memory(dx, x)
     assert set(model.grads) == {"W1", "b1", "W2", "b2"}
+
+
+def test_every_public_name_resolves():
+    import alignment_np
+
+    for name in alignment_np.__all__:
+        assert getattr(alignment_np, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        alignment_np.nonsense  # noqa: B018
