@@ -65,6 +65,12 @@ _EXPORTS = {
     "cosine_schedule": "alignment_np.optim",
     "CharTokenizer": "alignment_np.data.tokenizer",
     "save_checkpoint": "alignment_np.checkpoint",
+    "SFTConfig": "alignment_np.trainers.sft",
+    "SFTTrainer": "alignment_np.trainers.sft",
+    "generate": "alignment_np.rl.generate",
+    "collate_lm": "alignment_np.data.collate",
+    "collate_sft": "alignment_np.data.collate",
+    "collate_preferences": "alignment_np.data.collate",
     "load_checkpoint": "alignment_np.checkpoint",
 }
 
