@@ -190,3 +190,15 @@ def test_sentiment_score_is_a_sum_over_words_with_negation(words):
 def test_bad_inputs_raise_naming_the_problem(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+def test_preference_pairs_prefer_the_positive_verdict():
+    from alignment_np.data.corpus import generate_preference_pairs
+    from alignment_np.data.preferences import PreferencePair
+
+    pairs = generate_preference_pairs(200, seed=3)
+    assert pairs == generate_preference_pairs(200, seed=3)  # deterministic
+    assert all(isinstance(p, PreferencePair) for p in pairs)
+    for p in pairs:
+        assert sentiment_score(p.prompt + p.chosen) > 0 > sentiment_score(p.prompt + p.rejected), p
+    assert len({p.prompt for p in pairs}) > 10  # many prompts, not one

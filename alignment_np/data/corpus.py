@@ -147,6 +147,26 @@ def generate_sft_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return [(r.prompt, r.response) for r in generate_reviews(n, seed)]
 
 
+def generate_preference_pairs(n: int, seed: int = 0) -> list:
+    """``n`` PreferencePairs: one prompt, a positive verdict chosen over a negative one.
+
+    The stand-in for human labels that prefer kind reviews: the same prompt
+    ("the soup was") with a positive response (" so lovely .") as ``chosen``
+    and a negative one (" weak and stale .") as ``rejected``, both drawn from
+    the corpus grammar, so a model fine-tuned on the corpus can score both.
+    """
+    from .preferences import PreferencePair
+
+    n = _check_count(n, "n")
+    rng = np.random.default_rng(_check_seed(seed))
+    pairs = []
+    for _ in range(n):
+        domain = "movie" if rng.random() < 0.5 else "food"
+        prompt = _pick(rng, PROMPT_TEMPLATES).format(noun=_pick(rng, NOUNS[domain]))
+        pairs.append(PreferencePair(prompt, _verdict(rng, +1, domain), _verdict(rng, -1, domain)))
+    return pairs
+
+
 def generate_prompts(n: int, seed: int = 0) -> list[str]:
     """``n`` prompts such as "the film was" that leave the verdict open (for RLHF)."""
     n = _check_count(n, "n")

@@ -1,0 +1,11 @@
+"""Settings shared by tests/ and docs/.
+
+The tests multiply tiny matrices (a few dozen rows), where BLAS threads cost
+more than they save, and on a machine whose cores are busy OpenBLAS's
+spinning threads make such a product 10-20 times slower. One thread keeps the
+suite fast and its timings stable; the benchmarks choose threads themselves.
+"""
+
+from threadpoolctl import threadpool_limits
+
+threadpool_limits(limits=1, user_api="blas")

@@ -1,0 +1,91 @@
+"""demo.py prints the stage-10 report with numbers that come from real training."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(demo):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert demo.main(["--seed", "0"]) == 0
+    return buf.getvalue()
+
+
+def test_prints_the_four_sections_in_the_course_layout(report):
+    titles = [
+        "Stage 10: Alignment - RLHF and DPO",
+        "1. Reward Model Training",
+        "2. Direct Preference Optimization (DPO)",
+        "3. PPO Components (for RLHF)",
+        "4. RLHF vs DPO Comparison",
+    ]
+    positions = [report.index(t) for t in titles]
+    assert positions == sorted(positions)
+
+
+def _row(report, label):
+    line = next(line for line in report.splitlines() if line.strip().startswith(label))
+    return [float(x) for x in re.findall(r"-?\d+\.\d+", line[len(label) + 2:])]
+
+
+def test_reward_model_learns_beyond_chance(report):
+    loss0, acc0, _ = _row(report, "before training")
+    loss1, acc1, margin1 = _row(report, "after 30 epochs")
+    ceiling = float(re.search(r"true reward's accuracy\): (\d\.\d+)", report).group(1))
+    assert loss1 < loss0 and margin1 > 0
+    assert acc1 > 0.5 + 0.5 * (ceiling - 0.5)  # at least half-way from chance to the ceiling
+
+
+def test_dpo_moves_the_policy_the_right_way(report):
+    before = _row(report, "before (policy = reference)")
+    after = _row(report, "after 60 DPO steps")
+    assert before[0] == pytest.approx(math.log(2), abs=1e-4)  # the loss at policy = reference
+    assert after[0] < before[0] and after[1] > 0.6 and after[4] > 0  # loss, accuracy, margin
+    sft_loss, entropy = map(float, re.search(r"held-out loss (\d\.\d+) nats/char \(unigram entropy (\d\.\d+)\)", report).groups())
+    assert sft_loss < 0.5 * entropy
+    pos_before, pos_after = map(float, re.search(r"rater: (\d\.\d+) before, (\d\.\d+) after", report).groups())
+    assert pos_after > pos_before
+
+
+def test_ppo_components_report(report):
+    assert "agrees with the vectorised GAE: True" in report
+    first = _row(report, "first epoch (ratio = 1)")
+    assert first[1:] == [0.0, 0.0, 1.0]  # no clipping, no KL, ratio 1 before any update
+    final = _row(report, "after 4 epochs")
+    assert final[1] > 0 and final[2] > 0  # the updates moved the policy
+
+
+def test_reward_section_is_deterministic(demo, capsys):
+    a = demo.reward_model_section(seed=3)
+    b = demo.reward_model_section(seed=3)
+    assert a["after"] == b["after"] and a["before"] == b["before"]
+
+
+def test_help_and_bad_backend():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--backend" in out.stdout and "--seed" in out.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--backend", "torch"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'torch'" in bad.stderr
