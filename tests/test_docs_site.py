@@ -1,0 +1,147 @@
+"""The course site: its figures are regenerated from code, its pages and links hold together.
+
+The Python blocks of the pages themselves run through Sybil (``docs/conftest.py``);
+these tests cover what Sybil does not: the figure script, the figures the
+pages show, the navigation, and a strict ``mkdocs build``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+FIGURE_SCRIPT = DOCS / "figures" / "make_figures.py"
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_figure_script():
+    spec = importlib.util.spec_from_file_location("make_figures", FIGURE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pages():
+    return sorted(DOCS.glob("*.md"))
+
+
+def _image_links():
+    """(page, target) for every Markdown image on every page."""
+    return [(page, target) for page in _pages() for target in IMAGE_LINK.findall(page.read_text(encoding="utf-8"))]
+
+
+@pytest.fixture(scope="module")
+def figure_script():
+    pytest.importorskip("matplotlib")
+    return _load_figure_script()
+
+
+def test_figure_script_writes_every_figure(figure_script, tmp_path):
+    written = figure_script.main(["--out", str(tmp_path)])
+    assert sorted(Path(p).name for p in written) == sorted(figure_script.FIGURES)
+    for name in figure_script.FIGURES:
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), f"{name} is not a PNG"
+        assert len(data) > 10_000, f"{name} is suspiciously small ({len(data)} bytes)"
+
+
+def test_figure_script_runs_as_a_command(tmp_path):
+    pytest.importorskip("matplotlib")
+    # The repository root on PYTHONPATH: the script must work from a checkout
+    # even where the package is not pip-installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, str(FIGURE_SCRIPT), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(_load_figure_script().FIGURES)
+
+
+def test_every_figure_shown_is_made_by_the_script_and_committed(figure_script):
+    shown = {target for _, target in _image_links() if target.startswith("figures/")}
+    assert shown, "no page shows a figure; the pattern or the pages changed"
+    made = {f"figures/{name}" for name in figure_script.FIGURES}
+    assert shown <= made, f"figures shown but not drawn by make_figures.py: {sorted(shown - made)}"
+    for target in shown:
+        assert (DOCS / target).is_file(), f"{target} is missing: run python docs/figures/make_figures.py"
+
+
+def test_every_image_link_resolves():
+    for page, target in _image_links():
+        if "://" not in target:
+            assert (page.parent / target).is_file(), f"{page.name} links to a missing image {target}"
+
+
+def _nav_files():
+    yaml = pytest.importorskip("yaml")
+
+    class _Loader(yaml.SafeLoader):
+        """mkdocs.yml may hold !!python/name tags (pymdownx options); treat any tag as a plain node."""
+
+    _Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
+
+    def walk(entries):
+        for entry in entries:
+            if isinstance(entry, str):
+                yield entry
+            elif isinstance(entry, dict):
+                for value in entry.values():
+                    yield from (walk(value) if isinstance(value, list) else [value])
+
+    return list(walk(config["nav"]))
+
+
+def test_nav_lists_existing_pages_and_every_chapter():
+    nav = _nav_files()
+    for target in nav:
+        assert (DOCS / target).is_file(), f"mkdocs.yml nav names {target}, which does not exist"
+    chapters = [p.name for p in _pages() if re.match(r"\d\d-", p.name)]
+    assert chapters, "no chapter pages found"
+    missing = sorted(set(chapters + ["index.md"]) - set(nav))
+    assert not missing, f"pages not in the mkdocs.yml nav: {missing}"
+
+
+def test_every_chapter_has_exercises_with_existing_solutions():
+    for page in _pages():
+        if not re.match(r"\d\d-", page.name):
+            continue
+        text = page.read_text(encoding="utf-8")
+        assert "## Exercises" in text, f"{page.name} has no Exercises section"
+        solutions = re.findall(r"`docs/solutions/(test_ch\d\d_\w+\.py)`", text)
+        assert solutions, f"{page.name} names no solution file"
+        for name in solutions:
+            assert (DOCS / "solutions" / name).is_file(), f"{page.name} names a missing solution {name}"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    site = tmp_path / "site"
+    assert (site / "index.html").is_file()
+    # Every $...$ must have become a MathJax span: a dollar sign left in the
+    # prose means arithmatex did not see the math (e.g. display math indented
+    # inside a list item), and the reader would get raw LaTeX.
+    for page in sorted(site.glob("**/index.html")):
+        text = page.read_text(encoding="utf-8")
+        for pattern in (r'<span class="arithmatex">.*?</span>', r'<div class="arithmatex">.*?</div>',
+                        r"<code>.*?</code>", r"<pre.*?</pre>", r"<script.*?</script>"):
+            text = re.sub(pattern, "", text, flags=re.S)
+        assert "$" not in text, f"unrendered math in {page.relative_to(site)}: ...{text[text.index('$') - 60:text.index('$') + 60]}..."
