@@ -18,7 +18,8 @@ Everything expensive is arranged so that it happens once:
 
 One step, on the path of data of DESIGN.md::
 
-    input_ids (2B, T) -> policy_logps_forward -> logps (2B,)
+    pairs -> collate_preferences -> input_ids, targets, masks (2B, T)     (once, in prepare)
+    input_ids (2B, T) -> policy_logps_forward(targets=...) -> logps (2B,)
       -> DPOTrainer.compute_loss(logps[:B], logps[B:], ref_c, ref_r) -> loss, d logps
       -> policy_logps_backward -> Parameter.grad -> clip -> AdamW
 

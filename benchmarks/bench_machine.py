@@ -1,0 +1,172 @@
+"""The machine under a benchmark: BLAS kernels and threads, the allocator, CPU load.
+
+Nothing here imports NumPy at module level: ``choose_openblas_coretype`` must
+run before OpenBLAS is loaded (it reads ``OPENBLAS_CORETYPE`` once, at the
+first ``import numpy``), so ``bench_gpt.py`` imports this module first.
+"""
+
+import ctypes
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+# Prints the core type OpenBLAS picks on its own (run in a fresh interpreter, before
+# this process loads numpy): the exported name differs between OpenBLAS builds.
+_COREPROBE = """
+import ctypes, numpy
+path = next(l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower())
+lib = ctypes.CDLL(path)
+for name in ('openblas_get_corename', 'scipy_openblas_get_corename64_', 'openblas_get_corename64_'):
+    if hasattr(lib, name):
+        f = getattr(lib, name); f.restype = ctypes.c_char_p; print(f().decode()); break
+"""
+_AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's AVX-512 kernels
+
+
+def choose_openblas_coretype() -> str:
+    """Set OPENBLAS_CORETYPE=SkylakeX on an Intel AVX-512 CPU where OpenBLAS would pick AVX2 kernels.
+
+    OpenBLAS reads the variable once, when the library is loaded (at the first
+    ``import numpy``); later changes do nothing. What it picks on its own
+    depends on its version and the CPU (older builds give AMD Zen 4 and some
+    Intel parts Haswell kernels), so a fresh interpreter is asked first: a
+    CPU already on AVX-512 kernels (SkylakeX, or the newer CooperLake and
+    SapphireRapids, which forcing SkylakeX would downgrade) is left alone, and
+    so is an AMD CPU (Zen 4 splits 512-bit work in two; see the measurement
+    below and docs/performance.md). Returns a note for the report.
+    """
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (set by the caller)"
+    if "numpy" in sys.modules:
+        return "numpy was imported before this script ran: OPENBLAS_CORETYPE left unset"
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return "no /proc/cpuinfo: OPENBLAS_CORETYPE left unset"
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    if " avx512f" not in flags:
+        return "the CPU has no avx512f: OPENBLAS_CORETYPE left unset"
+    if vendor == "AuthenticAMD":
+        # Zen 4 runs 512-bit instructions as two 256-bit halves: measured on an EPYC
+        # (Zen 4), SkylakeX sgemm was no faster than Haswell (195 vs 209 GFLOP/s, n = 2048).
+        return "left unset: AMD CPU (AVX-512 kernels measured no faster than AVX2 ones there)"
+    probe = subprocess.run([sys.executable, "-c", _COREPROBE], capture_output=True, text=True, check=False)
+    default = probe.stdout.strip() or "unknown"
+    if default.lower() in _AVX512_CORES:
+        return f"left unset: the CPU has avx512f and OpenBLAS already picks {default} on its own"
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    return f"OPENBLAS_CORETYPE=SkylakeX set by this script (the CPU has avx512f; OpenBLAS alone picks {default})"
+
+
+def _openblas():
+    """The loaded OpenBLAS library (ctypes) and its symbol prefix, or (None, None)."""
+    try:
+        with open("/proc/self/maps") as f:
+            path = next((line.split()[-1] for line in f if "openblas" in line.lower()), None)
+    except OSError:
+        return None, None
+    if path is None:
+        return None, None
+    lib = ctypes.CDLL(path)
+    for prefix, suffix in (("openblas_", ""), ("scipy_openblas_", "64_"), ("openblas_", "64_")):
+        if hasattr(lib, f"{prefix}get_corename{suffix}"):
+            return lib, (prefix, suffix)
+    return None, None
+
+
+def blas_info() -> dict:
+    """OpenBLAS's core type (the kernels it picked) and thread count, as loaded in this process."""
+    lib, names = _openblas()
+    if lib is None:
+        return {"corename": "unknown (not OpenBLAS?)", "threads": os.cpu_count() or 1}
+    prefix, suffix = names
+    corename = getattr(lib, f"{prefix}get_corename{suffix}")
+    corename.restype = ctypes.c_char_p
+    threads = getattr(lib, f"{prefix}get_num_threads{suffix}")()
+    return {"corename": corename().decode(), "threads": int(threads)}
+
+
+def keep_freed_memory() -> str:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    By default glibc serves blocks above a (dynamic) threshold with fresh
+    ``mmap``s and trims the top of the heap once enough is free: a training
+    step that allocates and frees the same activations every step then hands
+    them back to the kernel and faults every page in again (zeroed) on the
+    next step. Fixed thresholds stop that: blocks up to 32 MiB (the largest
+    ``M_MMAP_THRESHOLD`` glibc accepts) come from the heap, and the heap is
+    trimmed only when 1 GiB is free. Process-wide: both sides get it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "default (not glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    if mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 1 << 30):
+        return "keep freed memory (glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB)"
+    return "default (mallopt refused)"
+
+
+def set_blas_threads(n: int) -> None:
+    lib, names = _openblas()
+    if lib is not None:
+        prefix, suffix = names
+        getattr(lib, f"{prefix}set_num_threads{suffix}")(ctypes.c_int(n))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return platform.processor() or "?"
+
+
+def cpu_snapshot():
+    """(machine busy CPU-seconds, this process's and its children's CPU-seconds, wall time)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy, own, time.perf_counter()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def others_fraction(start, end) -> float:
+    """Fraction of the machine's CPU time that other processes used between two snapshots."""
+    busy, own, wall = (e - s for s, e in zip(start, end))
+    if not math.isfinite(busy) or wall <= 0:
+        return 0.0
+    return max(busy - own, 0.0) / (_cores() * wall)
+
+
+def others_share(start, end) -> str:
+    """How much of the machine other processes used between two cpu_snapshot()s, in words."""
+    wall = end[2] - start[2]
+    if not math.isfinite(end[0] - start[0]):
+        return "unknown"
+    frac = others_fraction(start, end)
+    return f"{frac * _cores() * wall:.1f} CPU-s of {_cores() * wall:.1f} ({100 * frac:.0f}% of the machine)"
+
+
+def status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")

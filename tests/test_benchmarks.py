@@ -1,0 +1,124 @@
+"""The benchmark (``benchmarks/bench_gpt.py``) runs, so that it cannot rot.
+
+Each test runs it in ``--quick`` mode on the tiny config (a second or two):
+these tests check that it works and reports sane numbers, not how fast
+anything is (timings on a shared machine mean little; see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alignment_np.nn.gpt import GPTConfig, TinyGPT
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_gpt.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpt", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_from_the_command_line_numpy_only():
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--configs", "tiny", "--no-torch"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"OpenBLAS core type \S+, \d+ BLAS threads", out)
+    assert re.search(r"- openblas_coretype: (left unset|OPENBLAS_CORETYPE=)", out)  # what it did, and why
+    for work in ("train tokens/s", "DPO tokens/s", "generate new tokens/s"):
+        row = re.search(rf"\| tiny \| {work} \| ([\d,]+) \| - \| - \|", out)
+        assert row and int(row.group(1).replace(",", "")) > 0, work
+    assert re.search(r"\| tiny \| numpy \| 0\.73 \| [\d.]+ \| \d+% \| [\d.]+x \|", out)
+
+
+@pytest.mark.torch
+def test_quick_run_against_torch():
+    pytest.importorskip("torch")
+    bench = load_bench()
+    result = bench.main(["--quick", "--configs", "tiny"])
+    (tiny,) = result["results"]
+    assert tiny["parity_max_abs_diff"] < 1e-4  # both sides really are the same model
+    for side in ("numpy", "torch"):
+        for work in bench.WORKLOADS:
+            assert tiny["sides"][side][work]["tokens_per_s"] > 0, (side, work)
+    assert set(result["matmul_gflops"]) == {"numpy", "torch"}
+
+
+def test_bad_arguments_are_refused(capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--configs", "huge"])
+    assert "--configs: expected names from ['tiny', 'small', 'medium'], got 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeats", "0"])
+    assert "--repeats: expected >= 1, got 0" in capsys.readouterr().err
+
+
+def test_model_flops_match_the_parameter_count():
+    """The FLOP formula, recomputed from a model's own parameters (PaLM's 6N + 12 L T D per
+    token, N = the matrices of the blocks plus the tied head wte; biases, LayerNorm and
+    the position table do no matmul work)."""
+    bench = load_bench()
+    for name, c in bench.CONFIGS.items():
+        model = TinyGPT(GPTConfig(vocab_size=c["V"], block_size=c["T"], n_layer=c["L"],
+                                  n_head=c["H"], d_model=c["D"]))
+        n = sum(p.data.size for name_, p in model.named_parameters()
+                if name_.startswith("blocks.") and p.data.ndim == 2) + model.wte.data.size
+        tokens = c["B"] * c["T"]
+        expected = 6 * n * tokens + 12 * c["L"] * c["T"] * c["D"] * tokens
+        assert bench.train_flops(c) == pytest.approx(expected, rel=1e-12), name
+
+
+def test_dpo_batch_has_the_tokens_of_a_train_batch():
+    """The DPO step is compared with the train step on the same number of tokens."""
+    bench = load_bench()
+    c = bench.CONFIGS["tiny"]
+    side = bench.NumpySide(c)
+    batch = side.dpo_batch
+    assert batch["input_ids"].shape == side.idx.shape == (c["B"], c["T"])
+    assert np.all(batch["attention_mask"] == 1)  # full rows: both sides take the causal path
+    assert bench.tokens_per_call(c, "dpo") == bench.tokens_per_call(c, "train") == c["B"] * c["T"]
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_memory_probe_reports_numpy_peaks():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--memory-probe", "numpy", "--configs", "tiny", "--threads", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert m["baseline_mib"] > 0
+    for work in ("train", "dpo", "generate"):
+        assert m[work]["peak_mib"] > 0 and m[work]["traced_mib"] > 0
+    # a train step keeps every layer's activations for backward; generation keeps none
+    assert m["train"]["traced_mib"] > m["generate"]["traced_mib"]
+
+
+def test_main_restores_the_thread_settings():
+    bench = load_bench()
+    if bench.blas_info()["corename"].startswith("unknown"):
+        pytest.skip("NumPy is not linked to OpenBLAS here")
+    original = bench.blas_info()["threads"]
+    try:
+        bench.set_blas_threads(2)
+        bench.main(["--quick", "--configs", "tiny", "--no-torch", "--threads", "1"])
+        assert bench.blas_info()["threads"] == 2
+    finally:
+        bench.set_blas_threads(original)
