@@ -71,6 +71,12 @@ _EXPORTS = {
     "collate_lm": "alignment_np.data.collate",
     "collate_sft": "alignment_np.data.collate",
     "collate_preferences": "alignment_np.data.collate",
+    "generate_preference_pairs": "alignment_np.data.corpus",
+    "DPOConfig": "alignment_np.trainers.dpo_lm",
+    "DPOLMTrainer": "alignment_np.trainers.dpo_lm",
+    "PreferenceDataset": "alignment_np.trainers.dpo_lm",
+    "policy_logps_forward": "alignment_np.trainers.lm_logprobs",
+    "policy_logps_backward": "alignment_np.trainers.lm_logprobs",
     "load_checkpoint": "alignment_np.checkpoint",
 }
 

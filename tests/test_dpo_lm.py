@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignment_np.backend import to_numpy
-from alignment_np.data.corpus import generate_reviews
+from alignment_np.data.corpus import generate_preference_pairs, generate_reviews
 from alignment_np.data.preferences import PreferencePair
 from alignment_np.data.tokenizer import CharTokenizer
 from alignment_np.gradcheck import check_gradients
@@ -24,18 +24,9 @@ from alignment_np.trainers.lm_logprobs import policy_logps_forward
 @lru_cache(maxsize=None)
 def corpus_pairs():
     """(tokenizer, pairs): for one prompt, a positive review's verdict chosen over a negative one's."""
-    reviews = generate_reviews(2000, seed=0)
-    positive, negative = {}, {}
-    for r in reviews:
-        (positive if r.sentiment > 0 else negative).setdefault(r.prompt, []).append(r.response)
-    pairs = [
-        (prompt, chosen, rejected)
-        for prompt in sorted(positive)
-        for chosen, rejected in zip(positive[prompt], negative.get(prompt, []))
-    ]
-    order = np.random.default_rng(1).permutation(len(pairs))
-    tok = CharTokenizer.from_text([r.text for r in reviews])
-    return tok, tuple(pairs[i] for i in order)
+    pairs = generate_preference_pairs(1000, seed=0)
+    tok = CharTokenizer.from_text([r.text for r in generate_reviews(2000, seed=0)])
+    return tok, tuple((p.prompt, p.chosen, p.rejected) for p in pairs)
 
 
 def model(tok, seed=0, dtype="float32", d_model=32, init_std=0.02):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from alignment_np.data.collate import collate_preferences
-from alignment_np.data.corpus import generate_reviews
+from alignment_np.data.corpus import generate_preference_pairs, generate_reviews
 from alignment_np.data.tokenizer import CharTokenizer
 from alignment_np.functional.logprobs import SequenceLogProbs
 from alignment_np.gradcheck import check_gradients
@@ -32,18 +32,9 @@ BETA = 0.1
 @lru_cache(maxsize=None)
 def dataset():
     """(tokenizer, pairs): (prompt, chosen, rejected) with a positive chosen over a negative rejected."""
-    reviews = generate_reviews(2000, seed=0)
-    positive, negative = {}, {}
-    for r in reviews:
-        (positive if r.sentiment > 0 else negative).setdefault(r.prompt, []).append(r.response)
-    pairs = [
-        (prompt, chosen, rejected)
-        for prompt in sorted(positive)
-        for chosen, rejected in zip(positive[prompt], negative.get(prompt, []))
-    ]
-    order = np.random.default_rng(1).permutation(len(pairs))
-    tok = CharTokenizer.from_text([r.text for r in reviews])
-    return tok, [pairs[i] for i in order]
+    pairs = generate_preference_pairs(1000, seed=0)
+    tok = CharTokenizer.from_text([r.text for r in generate_reviews(2000, seed=0)])
+    return tok, list((p.prompt, p.chosen, p.rejected) for p in pairs)
 
 
 def to_batch(tok, pairs):
