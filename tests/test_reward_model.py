@@ -612,3 +612,17 @@ def test_train_reward_model_rejects_bad_arguments(change, error, match):
     args.update(change)
     with pytest.raises(error, match=match):
         train_reward_model(**args)
+
+
+def test_same_seed_same_weights_on_every_backend(xp):
+    from alignment_np import backend as B
+    from alignment_np.backend import to_numpy
+
+    here = RewardModel(4, hidden_dim=6, seed=11)
+    B.set_backend("numpy")
+    try:
+        reference = RewardModel(4, hidden_dim=6, seed=11)
+    finally:
+        B.set_backend("cupy" if xp is not np else "numpy")
+    for name in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_array_equal(to_numpy(getattr(here, name)), getattr(reference, name))

@@ -129,11 +129,13 @@ class RewardModel(Module):
             raise ValueError(f"dtype: expected a floating dtype (float32 or float64), got {dtype}")
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
-        gen = xp.random.default_rng(seed)
+        # Drawn with NumPy's generator, then moved: the same seed gives the same
+        # model on every backend (as TinyGPT's initialisation does).
+        gen = np.random.default_rng(seed)
         # He et al. 2015 ("Delving Deep into Rectifiers", Eq. 10): Var(w) = 2 / fan_in
         # keeps the variance of activations steady through a ReLU layer.
-        W1 = gen.standard_normal((input_dim, hidden_dim), dtype=dtype) * dtype.type(math.sqrt(2.0 / input_dim))
-        W2 = gen.standard_normal((hidden_dim, 1), dtype=dtype) * dtype.type(math.sqrt(2.0 / hidden_dim))
+        W1 = xp.asarray(gen.standard_normal((input_dim, hidden_dim), dtype=dtype) * dtype.type(math.sqrt(2.0 / input_dim)))
+        W2 = xp.asarray(gen.standard_normal((hidden_dim, 1), dtype=dtype) * dtype.type(math.sqrt(2.0 / hidden_dim)))
         self._params = {
             "W1": Parameter(W1),
             "b1": Parameter(xp.zeros((hidden_dim,), dtype=dtype)),
