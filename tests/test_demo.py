@@ -89,3 +89,13 @@ def test_help_and_bad_backend():
     assert out.returncode == 0 and "--backend" in out.stdout and "--seed" in out.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--backend", "torch"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'torch'" in bad.stderr
+
+
+def test_cupy_without_a_gpu_is_one_clear_line(demo, capsys):
+    from alignment_np import backend
+
+    if backend.has_cupy_gpu():
+        pytest.skip("this machine has a GPU")
+    assert demo.main(["--backend", "cupy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("demo.py: backend 'cupy' was requested but") and err.count("\n") == 1
