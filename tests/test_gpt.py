@@ -377,3 +377,52 @@ def test_kv_cache_rejects_bad_use():
         model.forward_incremental(np.zeros((2, 2), np.int64), kv)
     with pytest.raises(ValueError, match="kv_cache: expected the dict returned by init_kv_cache"):
         model.forward_incremental(np.zeros((2, 1), np.int64), {})
+
+
+def test_kv_cache_layout_keys_transposed(xp):
+    """init_kv_cache keeps each layer's keys as (B, H, hd, max_len), so that decoding
+    reads them in place, and its values as (B, H, max_len, hd)."""
+    model = TinyGPT(GPTConfig(**{**SMALL, "n_layer": 3}))
+    kv = model.init_kv_cache(2, 4)
+    assert len(kv["k"]) == len(kv["v"]) == 3
+    for k, v in zip(kv["k"], kv["v"]):
+        assert k.shape == (2, 2, 4, 4) and v.shape == (2, 2, 4, 4)  # hd = 8 / 2 = 4
+        assert k.dtype == v.dtype == model.wte.data.dtype and not np.any(to_numpy(k))
+    wide = TinyGPT(GPTConfig(vocab_size=7, block_size=9, n_layer=1, n_head=2, d_model=6)).init_kv_cache(1, 9)
+    assert wide["k"][0].shape == (1, 2, 3, 9) and wide["v"][0].shape == (1, 2, 9, 3)
+
+
+def test_incremental_decoding_with_an_all_real_mask_takes_the_unmasked_path():
+    rng = np.random.default_rng(12)
+    model = small_model(block_size=9)
+    idx = rng.integers(0, 7, (2, 9))
+    plain, masked = model.init_kv_cache(2, 9), model.init_kv_cache(2, 9)
+    a = [model.forward_incremental(idx[:, :4], plain)]
+    b = [model.forward_incremental(idx[:, :4], masked, np.ones((2, 4), np.int64))]
+    for end in range(5, 10):
+        a.append(model.forward_incremental(idx[:, end - 1 : end], plain))
+        b.append(model.forward_incremental(idx[:, end - 1 : end], masked, np.ones((2, end), bool)))
+    np.testing.assert_array_equal(np.concatenate(b, axis=1), np.concatenate(a, axis=1))
+
+
+@pytest.mark.parametrize("style", ["none", "left"])
+def test_incremental_decoding_with_tiled_attention(style):
+    """A prompt longer than a query block: the prefill runs as the tiled training forward."""
+    from alignment_np.functional import attention
+
+    rng = np.random.default_rng(13)
+    model = small_model(block_size=12)
+    idx = rng.integers(0, 7, (2, 12))
+    mask = None if style == "none" else np.array([[0] * 3 + [1] * 9, [1] * 12])
+    saved = attention.TILE_QUERIES, attention.TILE_ELEMENTS
+    attention.TILE_QUERIES, attention.TILE_ELEMENTS = 3, 1
+    try:
+        full, _ = model.forward(idx, mask)
+        kv = model.init_kv_cache(2, 12)
+        steps = [model.forward_incremental(idx[:, :8], kv, None if mask is None else mask[:, :8])]
+        for end in range(9, 13):
+            steps.append(model.forward_incremental(idx[:, end - 1 : end], kv,
+                                                   None if mask is None else mask[:, :end]))
+    finally:
+        attention.TILE_QUERIES, attention.TILE_ELEMENTS = saved
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full["logits"], rtol=1e-12, atol=1e-12)

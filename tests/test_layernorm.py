@@ -156,3 +156,24 @@ def test_backward_does_not_mutate_or_alias(xp):
     for g in grads:
         for a in (*arrays_in, out):
             assert not xp.shares_memory(g, a)
+
+
+def test_large_input_matches_the_textbook_formulas():
+    """(B*T, D) = (2048, 64): sizes where the row sums run on BLAS and gamma and beta
+    take the long-loop broadcast. Forward against the definition, backward against
+    the three-term formula written with NumPy's own reductions, in float64."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 128, 64)) * rng.uniform(0.5, 2.0, (16, 128, 1)) + 3.0
+    gamma, beta = rng.standard_normal(64), rng.standard_normal(64)
+    dout = rng.standard_normal(x.shape)
+    out, cache = layernorm_forward(x, gamma, beta)
+    mu, var = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)
+    xhat = (x - mu) / np.sqrt(var + EPS)
+    np.testing.assert_allclose(out, gamma * xhat + beta, rtol=1e-12, atol=1e-12)
+    dx, dgamma, dbeta = layernorm_backward(dout, cache)
+    g = dout * gamma
+    expected = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    expected /= np.sqrt(var + EPS)
+    np.testing.assert_allclose(dx, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dgamma, (dout * xhat).sum(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(dbeta, dout.sum(axis=(0, 1)), rtol=1e-12)

@@ -247,3 +247,26 @@ def test_bad_forward_inputs():
         emb.forward(np.array([[0, 5]]))
     with pytest.raises(ValueError, match=r"idx: .*min -1"):
         emb.forward(np.array([[-1, 2]]))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_block_forward_kv_matches_forward_with_a_mask_or_a_prebuilt_bias(xp, padded):
+    """Decoding through a Block with its key/value cache gives the last rows of the full
+    forward, whether the padding comes as a mask or as the bias a model builds once."""
+    from alignment_np.functional.attention import attention_bias, empty_kv_cache
+
+    rng = np.random.default_rng(14)
+    block = Block(8, 2, rng=np.random.default_rng(3), dtype=F64)
+    randomise_affine(block, rng)
+    x = xp.asarray(spread_rows(rng, (2, 6, 8)))
+    mask = xp.asarray([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]) if padded else None
+    full = to_numpy(block.forward(x, mask)[0])
+    by_mask, by_bias = empty_kv_cache(2, 2, 6, 4, x.dtype, xp), empty_kv_cache(2, 2, 6, 4, x.dtype, xp)
+    out_mask, out_bias = [], []
+    for start, end in ((0, 4), (4, 5), (5, 6)):
+        running = None if mask is None else mask[:, :end]
+        bias = None if mask is None else attention_bias(end - start, end, running, x.dtype)
+        out_mask.append(to_numpy(block.forward_kv(x[:, start:end], *by_mask, start, running)))
+        out_bias.append(to_numpy(block.forward_kv(x[:, start:end], *by_bias, start, bias=bias)))
+    np.testing.assert_allclose(np.concatenate(out_mask, axis=1), full, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.concatenate(out_bias, axis=1), np.concatenate(out_mask, axis=1))

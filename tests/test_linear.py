@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from alignment_np.backend import to_numpy
-from alignment_np.functional.linear import linear_backward, linear_forward
+from alignment_np.functional.linear import linear_backward, linear_forward, rowwise
 from alignment_np.gradcheck import check_gradients
 
 # magnitude * sign with a minimum magnitude: no entry is (nearly) zero
@@ -128,3 +129,44 @@ def test_backward_does_not_mutate_or_alias(xp):
     for g in grads:
         for a in (x, w, b, dout, out):
             assert not xp.shares_memory(g, a)
+
+
+@pytest.mark.parametrize("ufunc", [np.add, np.multiply])
+@pytest.mark.parametrize("shape", [(2048, 256), (3, 5, 7), (1000, 96), (64, 1024), (2, 64, 1024), (1 << 16, 3)])
+def test_rowwise_equals_the_plain_broadcast(ufunc, shape):
+    """The long-loop trick gives exactly ``ufunc(x, row)``: into a new array and in place,
+    for sizes above and below its threshold and row counts with and without factors of 2."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    row = rng.standard_normal(shape[-1]).astype(np.float32)
+    expected = ufunc(x, row)
+    out = rowwise(ufunc, x, row, np.empty_like(x))
+    np.testing.assert_array_equal(out, expected)
+    inplace = x.copy()
+    assert rowwise(ufunc, inplace, row, inplace) is inplace
+    np.testing.assert_array_equal(inplace, expected)
+
+
+def test_rowwise_on_non_contiguous_arrays_falls_back_correctly():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((512, 512))
+    x = base[:, ::2]  # (512, 256), not contiguous
+    row = rng.standard_normal(256)
+    out = np.empty((512, 512))[:, 1::2]  # a non-contiguous output view
+    rowwise(np.add, x, row, out)
+    np.testing.assert_array_equal(out, x + row)
+
+
+def test_large_layer_matches_the_loop_on_a_sample_of_rows():
+    """Sizes where the bias add and the bias gradient take their fast paths."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 32, 48))  # 2048 rows
+    w, b = rng.standard_normal((48, 40)), rng.standard_normal(40)
+    out, cache = linear_forward(x, w, b)
+    rows = [0, 7, 1000, 2047]
+    x2 = x.reshape(-1, 48)
+    np.testing.assert_allclose(out.reshape(-1, 40)[rows], linear_loop(x2[rows], w, b), rtol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    _, dw, db = linear_backward(dout, cache)
+    np.testing.assert_allclose(db, dout.reshape(-1, 40).sum(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, np.einsum("ni,nj->ij", x2, dout.reshape(-1, 40)), rtol=1e-12)

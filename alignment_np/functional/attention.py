@@ -17,7 +17,7 @@ under left padding, and its softmax would be 0/0; it is allowed to attend to
 itself, which keeps every row finite and changes nothing that a real token
 sees (real queries never attend to padding keys).
 
-Softmax is max-shifted: subtracting the row max makes every exponent <= 0.
+Softmax is max-shifted: subtracting the row max m makes every exponent <= 0.
 
 Backward, with dy = dL/dy:
 
@@ -31,13 +31,54 @@ computed from dy and the forward's output y, over hd numbers per row rather
 than T (as FlashAttention's backward does: Dao et al. 2022, Appendix B,
 D_i = rowsum(dO_i * O_i)).
 
-Speed: every product is a batched ``matmul`` over (B, H). The per-head views
-of qkv, dqkv and out are strided views, not copies: NumPy hands a 2-D slice
-whose last axis is contiguous straight to BLAS. The one exception is k^T (and
-v^T in backward), copied to contiguous (B, H, hd, T) because a GEMM whose
-second operand is a transposed view with a short inner dimension hd runs ~4x
-slower in OpenBLAS. The causal bias is built once per (T, dtype) and kept in a
-module-level dict (it is a constant, not state).
+How it runs fast (the same numbers, less work)
+----------------------------------------------
+The (T, T) score matrices dominate: for T = 256 they hold 8x more numbers
+than q, k and v together, and NumPy's elementwise passes over them (mask,
+max, subtract, exp) run on one core. Three ideas, all from FlashAttention
+(Dao et al. 2022), cut that work:
+
+1. **Tiles, and skipping the masked half.** The queries are cut into blocks
+   of ``TILE_QUERIES`` rows; the block of queries [q0, q1) may only see keys
+   [0, q1), so the scores right of that are never computed (with n blocks,
+   (n - 1) / 2n of the (T, T) matrix is skipped: 3/8 with 4). Only the last
+   (bq, bq) square of a block needs the causal mask. Each tile also takes
+   only as many batch rows as keep it near ``TILE_ELEMENTS`` numbers, so it
+   stays in the CPU's cache between passes. When T <= TILE_QUERIES and the
+   whole batch fits, there is a single tile: the plain batched computation
+   of the formulas above (``attention_tiles`` says which tiles a call uses).
+2. **Deferred normalisation** (Dao et al. 2022, Algorithm 1, line 12). The
+   tile keeps E = exp(S - m) and the row sums l = sum_j E_ij; instead of
+   dividing the (T, T) matrix E by l, the (T, hd) output is divided:
+   y = (E v) / l. Backward uses P = E / l through r = 1 / l on (T, hd) arrays:
+
+       dv = E^T (r dy)
+       dS = E * r (dP - D) = E * ([r dy, -r D] @ [v^T; 1])
+
+3. **Row sums inside the GEMM.** A column of ones appended to v gives the
+   row sums as one more output column: E @ [v, 1] = [E v, l]. Likewise the
+   "- D" of the softmax backward rides in the dP product as the extra column
+   [r dy, -r D] against a row of ones under v^T. Each costs 1/hd more GEMM
+   work and saves a whole pass over the scores (a row sum in forward, a
+   subtraction in backward). The 1/sqrt(hd) rides along too: it scales the
+   copy of k^T in forward and of [v^T; 1] in backward, so no pass scales S,
+   dq or dk.
+
+So a tile costs four passes over its scores in forward (the mask on the
+diagonal square, max, subtract, exp) and one in backward (times E), instead
+of six and two, on (n + 1) / 2n of the scores with n query blocks.
+``attention_probs(cache)`` rebuilds the full (B, H, T, T) matrix P from the
+tiles, for a learner who wants to look at it.
+
+The per-head views of qkv, dqkv and out are strided views, not copies: NumPy
+hands a 2-D slice whose last axis is contiguous straight to BLAS. k^T is
+copied to a contiguous (B, H, hd, T) array because a GEMM whose second
+operand is a transposed view with a short inner dimension hd runs slower in
+OpenBLAS (up to ~4x measured); for the same reason the key/value cache of
+generation stores its keys already transposed (and scaled),
+(B, H, hd, max_len), so nothing is copied per new token. The small (B, H, T,
+hd) copies are read in the memory order of qkv, (B, T, H, hd): NumPy copies a
+strided array ~2x faster that way.
 """
 
 from __future__ import annotations
@@ -47,6 +88,17 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+
+# Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
+# 1 MiB, a core's L2 cache). Measured on the benchmark configs (T = 64 to 256):
+# 32 to 64 queries and 2^17 to 2^19 scores are all within 2% of each other;
+# fewer queries per block skip more of the masked half but make more, smaller
+# GEMMs. Keep TILE_QUERIES * T * hd under ~1e6 on long sequences: OpenBLAS
+# runs a GEMM that small on one thread with its small-matrix kernel, larger
+# ones on all threads, which at these shapes was measured 2x slower.
+# Changing them changes no result beyond rounding.
+TILE_QUERIES = 32
+TILE_ELEMENTS = 1 << 18
 
 # (array module name, T, dtype) -> read-only (T, T) causal bias. A constant,
 # shared by every call: it holds no gradient state.
@@ -94,6 +146,24 @@ def attention_bias(n_queries: int, n_keys: int, attention_mask, dtype):
     return xp.where(allowed, 0.0, -np.inf).astype(dtype)[:, None]
 
 
+def attention_tiles(b: int, n_head: int, t: int) -> list:
+    """The tiles of a (B, H, T, T) causal score array: (b0, b1, q0, q1) per tile.
+
+    Tile (b0, b1, q0, q1) holds the scores of batch rows [b0, b1), every head,
+    queries [q0, q1) against keys [0, q1): nothing right of q1 (all masked) is
+    in any tile. Query blocks have TILE_QUERIES rows (the last may be shorter);
+    batch rows are grouped so a tile has about TILE_ELEMENTS scores (at least
+    one row). Within each group of rows the query blocks come in order.
+    """
+    bq = min(TILE_QUERIES, t)
+    rows = max(1, min(b, TILE_ELEMENTS // (n_head * bq * t)))
+    return [
+        (b0, min(b, b0 + rows), q0, min(t, q0 + bq))
+        for b0 in range(0, b, rows)
+        for q0 in range(0, t, bq)
+    ]
+
+
 def _split_heads(qkv, n_head: int):
     """Views q, k, v (B, H, T, hd) of qkv (B, T, 3D); no copy."""
     b, t, d3 = qkv.shape
@@ -118,24 +188,41 @@ def _matmul_into(a, b, out):
     return out
 
 
-def _softmax_attend(q, k, v, bias, out_heads):
-    """P = softmax(q k^T + bias); writes P v into out_heads; returns P.
+def _token_major(x):
+    """The (B, T, H, hd) view of a (B, H, T, hd) array: the memory order of qkv and out."""
+    return x.transpose(0, 2, 1, 3)
 
-    q: (B, H, Tq, hd), already scaled by 1/sqrt(hd). k, v: (B, H, Tk, hd).
-    bias: broadcastable to (B, H, Tq, Tk). out_heads: (B, H, Tq, hd) view.
+
+def _contiguous_heads(x):
+    """A contiguous copy of the head view x (B, H, T, hd) of qkv or out.
+
+    NumPy copies a strided array fastest when it reads it in its memory order,
+    (B, T, H, hd) here: ~2x faster than ``ascontiguousarray`` on the head view.
     """
-    xp = get_array_module(q)
-    # k^T as a contiguous (B, H, hd, Tk) copy: with hd as the inner dimension a
-    # GEMM on the transposed *view* runs ~4x slower in OpenBLAS (measured, T=128,
-    # hd=32), and the copy is T/hd times smaller than the scores it speeds up
-    k_t = xp.ascontiguousarray(k.swapaxes(-1, -2))
-    probs = xp.matmul(q, k_t)  # scores (B, H, Tq, Tk), a new array
-    probs += bias
-    probs -= probs.max(axis=-1, keepdims=True)  # every exponent <= 0
-    xp.exp(probs, out=probs)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    _matmul_into(probs, v, out_heads)
-    return probs
+    xp = get_array_module(x)
+    out = xp.empty(x.shape, dtype=x.dtype)
+    _token_major(out)[...] = _token_major(x)
+    return out
+
+
+def _ones_column(x):
+    """A new array [x, 1] (B, H, T, hd + 1) from the head view x (B, H, T, hd)."""
+    xp = get_array_module(x)
+    b, h, t, hd = x.shape
+    out = xp.empty((b, h, t, hd + 1), dtype=x.dtype)
+    _token_major(out)[..., :hd] = _token_major(x)  # read x in its memory order
+    out[..., hd] = 1
+    return out
+
+
+def _transposed_ones_row(x, scale: float):
+    """A new array scale * [x^T; 1] (B, H, hd + 1, T) from the head view x (B, H, T, hd)."""
+    xp = get_array_module(x)
+    b, h, t, hd = x.shape
+    out = xp.empty((b, h, hd + 1, t), dtype=x.dtype)
+    xp.multiply(_contiguous_heads(x).swapaxes(-1, -2), scale, out=out[..., :hd, :])
+    out[..., hd, :] = scale
+    return out
 
 
 def attention_forward(qkv, n_head: int, attention_mask=None, bias=None):
@@ -146,24 +233,64 @@ def attention_forward(qkv, n_head: int, attention_mask=None, bias=None):
     attention_mask: (B, T) of 0/1 (1 = real token) or None (all real).
     bias: optional precomputed ``attention_bias(T, T, attention_mask, dtype)``
         (or ``causal_bias``), so that a model builds it once for all layers.
-    Returns out (B, T, D) and cache, a dict of q (scaled), k, v (B, H, T, hd),
-    probs P (B, H, T, T), out and the scale.
+        It must include the causal mask. None with no attention_mask is the
+        fastest: only the diagonal squares of the tiles get masked.
+    Returns out (B, T, D) and cache, a dict of q, k, v (B, H, T, hd) (views
+    of qkv), out (B, T, D), the scale 1/sqrt(hd), the ``tiles``
+    (``attention_tiles``), per tile its ``exp_scores`` E = exp(S - rowmax)
+    (b1 - b0, H, q1 - q0, q1), and ``inv_sums`` r = 1 / sum_j E_ij
+    (B, H, T, 1): P = E * r on each tile (``attention_probs``).
     """
     xp = get_array_module(qkv)
     b, t, d3 = qkv.shape
     d = d3 // 3
-    scale = 1.0 / math.sqrt(d // n_head)
+    hd = d // n_head
+    scale = 1.0 / math.sqrt(hd)
     q, k, v = _split_heads(qkv, n_head)
-    q = q * scale  # (B, H, T, hd): scaling q is T/hd times cheaper than scaling S
-    if bias is None:
-        if attention_mask is None:
-            bias = causal_bias(t, t, qkv.dtype, xp)
-        else:
-            bias = attention_bias(t, t, attention_mask, qkv.dtype)
+    if bias is None and attention_mask is not None:
+        bias = attention_bias(t, t, attention_mask, qkv.dtype)
+    # k^T / sqrt(hd), contiguous (B, H, hd, T): the copy BLAS wants anyway
+    # also applies the scale, so S = q (k^T / sqrt(hd)) needs no extra pass
+    k_t = xp.empty((b, n_head, hd, t), dtype=qkv.dtype)
+    xp.multiply(_contiguous_heads(k).swapaxes(-1, -2), scale, out=k_t)
+    v_ones = _ones_column(v)  # (B, H, T, hd + 1) = [v, 1]
+    e_v = xp.empty((b, n_head, t, hd + 1), dtype=qkv.dtype)  # [E v, l] of every query
+    tiles = attention_tiles(b, n_head, t)
+    exp_scores = []
+    for b0, b1, q0, q1 in tiles:
+        rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
+        e = xp.matmul(q[rows, :, queries], k_t[rows, :, :, keys])  # scores S, a new array
+        if bias is None:  # causal only: the keys before q0 are all visible
+            e[..., queries] += causal_bias(q1 - q0, q1 - q0, e.dtype, xp)
+        elif bias.ndim == 4:  # (B, 1, T, T): a padding mask
+            e += bias[rows, :, queries, keys]
+        else:  # (T, T)
+            e += bias[queries, keys]
+        e -= e.max(axis=-1, keepdims=True)  # every exponent <= 0
+        xp.exp(e, out=e)  # E, unnormalised
+        _matmul_into(e, v_ones[rows, :, keys], e_v[rows, :, queries])  # [E v, l]
+        exp_scores.append(e)
+    inv_sums = xp.divide(1.0, e_v[..., hd:])  # r = 1 / l (B, H, T, 1)
     out = xp.empty((b, t, d), dtype=qkv.dtype)
-    probs = _softmax_attend(q, k, v, bias, _merge_view(out, n_head))
-    cache = {"q": q, "k": k, "v": v, "probs": probs, "out": out, "scale": scale}
+    y = _merge_view(out, n_head)  # (B, H, T, hd) view of out
+    xp.multiply(_token_major(e_v[..., :hd]), _token_major(inv_sums), out=_token_major(y))  # P v
+    cache = {"q": q, "k": k, "v": v, "exp_scores": exp_scores, "inv_sums": inv_sums,
+             "tiles": tiles, "out": out, "scale": scale}
     return out, cache
+
+
+def attention_probs(cache):
+    """The attention probabilities P (B, H, T, T) of a forward, rebuilt from its cache.
+
+    For looking at (and testing): zeros where a query may not attend, each row
+    summing to 1. A new array.
+    """
+    xp = get_array_module(cache["inv_sums"])
+    b, n_head, t, _ = cache["q"].shape
+    probs = xp.zeros((b, n_head, t, t), dtype=cache["inv_sums"].dtype)
+    for (b0, b1, q0, q1), e in zip(cache["tiles"], cache["exp_scores"]):
+        probs[b0:b1, :, q0:q1, :q1] = e * cache["inv_sums"][b0:b1, :, q0:q1]
+    return probs
 
 
 def attention_backward(dout, cache):
@@ -173,33 +300,66 @@ def attention_backward(dout, cache):
     Returns dqkv (B, T, 3D), a new array.
     """
     xp = get_array_module(dout)
-    q, k, v = cache["q"], cache["k"], cache["v"]
-    probs, out, scale = cache["probs"], cache["out"], cache["scale"]
+    q, k, v, out = cache["q"], cache["k"], cache["v"], cache["out"]
+    inv_sums, scale = cache["inv_sums"], cache["scale"]
     b, n_head, t, hd = q.shape
     d = n_head * hd
-    dy = _merge_view(dout, n_head)  # (B, H, T, hd) view of dout
+    # D_i = rowsum(dP * P) = dy_i . y_i per (row, head, query): (B, H, T, 1)
+    rowsum = xp.einsum("bthd,bthd->bht", dout.reshape(b, t, n_head, hd),
+                       out.reshape(b, t, n_head, hd))[..., None]
+    # g = [r dy, -r D] (B, H, T, hd + 1) against [v^T; 1] / sqrt(hd) (B, H, hd + 1, T):
+    # E * (g @ that) = P * (dP - D) / sqrt(hd) = dS / sqrt(hd), the scale that
+    # dq = (dS / sqrt(hd)) k and dk = (dS / sqrt(hd))^T q both need
+    g = xp.empty((b, n_head, t, hd + 1), dtype=dout.dtype)
+    r_dy = g[..., :hd]
+    xp.multiply(_token_major(_merge_view(dout, n_head)), _token_major(inv_sums),
+                out=_token_major(r_dy))
+    xp.multiply(rowsum, inv_sums, out=g[..., hd:])
+    xp.negative(g[..., hd:], out=g[..., hd:])
+    v_t_ones = _transposed_ones_row(v, scale)  # (B, H, hd + 1, T)
     dqkv = xp.empty((b, t, 3 * d), dtype=dout.dtype)
     dq, dk, dv = _split_heads(dqkv, n_head)  # views we write into
-
-    _matmul_into(probs.swapaxes(-1, -2), dy, dv)  # dv = P^T dy
-    ds = xp.matmul(dy, xp.ascontiguousarray(v.swapaxes(-1, -2)))  # dP = dy v^T, new
-    # softmax backward: dS = P * (dP - rowsum(dP * P)), rowsum = dy_i . y_i
-    rowsum = (dout * out).reshape(b, t, n_head, hd).sum(axis=-1)  # (B, T, H)
-    ds -= rowsum.transpose(0, 2, 1)[..., None]
-    ds *= probs
-    _matmul_into(ds, k, dq)
-    dq *= scale  # S = (q * scale) k^T
-    _matmul_into(ds.swapaxes(-1, -2), q, dk)  # q in the cache is already scaled
+    # The last query block of a group of rows sees every key: visiting the
+    # tiles backwards writes dk and dv for all T keys first; the earlier
+    # blocks then add into the keys they see.
+    for (b0, b1, q0, q1), e in zip(reversed(cache["tiles"]), reversed(cache["exp_scores"])):
+        rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
+        ds = xp.matmul(g[rows, :, queries], v_t_ones[rows, :, :, keys])  # r (dP - D) / sqrt(hd)
+        ds *= e  # dS / sqrt(hd)
+        _matmul_into(ds, k[rows, :, keys], dq[rows, :, queries])  # dq = dS k / sqrt(hd)
+        e_t, ds_t = e.swapaxes(-1, -2), ds.swapaxes(-1, -2)
+        if q1 == t:  # first visit of these rows: write
+            _matmul_into(e_t, r_dy[rows, :, queries], dv[rows])  # dv = P^T dy
+            _matmul_into(ds_t, q[rows, :, queries], dk[rows])  # dk = dS^T q / sqrt(hd)
+        else:  # keys [0, q1) already hold the later blocks' share: add
+            dv[rows, :, keys] += xp.matmul(e_t, r_dy[rows, :, queries])
+            dk[rows, :, keys] += xp.matmul(ds_t, q[rows, :, queries])
     return dqkv
 
 
-def attention_forward_kv(qkv_new, n_head: int, k_cache, v_cache, start: int, attention_mask=None):
+def empty_kv_cache(batch_size: int, n_head: int, max_len: int, head_dim: int, dtype, xp=np):
+    """Zeroed key and value buffers for ``attention_forward_kv``: (k_t, v).
+
+    k_t: (B, H, hd, max_len), the keys transposed and scaled by 1/sqrt(hd):
+    exactly the k^T / sqrt(hd) the score product q k^T / sqrt(hd) reads, in
+    place, with no copy or scaling per new token. v: (B, H, max_len, hd).
+    """
+    return (xp.zeros((batch_size, n_head, head_dim, max_len), dtype=dtype),
+            xp.zeros((batch_size, n_head, max_len, head_dim), dtype=dtype))
+
+
+def attention_forward_kv(qkv_new, n_head: int, k_cache, v_cache, start: int, attention_mask=None,
+                         bias=None):
     """Inference only: attention for new tokens against a key/value cache.
 
     qkv_new: (B, Tn, 3D) for the positions start .. start+Tn-1.
-    k_cache, v_cache: (B, H, max_len, hd); this call WRITES the new keys and
-        values into them at [start, start+Tn) (the cache is the caller's state).
+    k_cache: (B, H, hd, max_len), keys TRANSPOSED and scaled by 1/sqrt(hd);
+        v_cache: (B, H, max_len, hd) (``empty_kv_cache``). This call WRITES
+        the new keys and values into them at [start, start+Tn) (the cache is
+        the caller's state).
     attention_mask: (B, start+Tn) running mask of 0/1 (1 = real) or None.
+    bias: optional precomputed ``attention_bias(Tn, start+Tn, attention_mask, dtype)``,
+        so that a model builds it once for all layers.
     Returns out (B, Tn, D), equal to the last Tn rows of ``attention_forward``
     on the whole sequence. No backward: nothing is kept for one.
     """
@@ -208,15 +368,22 @@ def attention_forward_kv(qkv_new, n_head: int, k_cache, v_cache, start: int, att
     d = d3 // 3
     end = start + t_new
     q, k, v = _split_heads(qkv_new, n_head)
-    q = q * (1.0 / math.sqrt(d // n_head))
-    k_cache[:, :, start:end] = k
+    xp.multiply(k.swapaxes(-1, -2), 1.0 / math.sqrt(d // n_head), out=k_cache[..., start:end])
     v_cache[:, :, start:end] = v
-    if attention_mask is None:
-        bias = causal_bias(t_new, end, qkv_new.dtype, xp)
-    else:
+    if start == 0:  # a whole prompt: exactly the training forward (tiled, masked half skipped)
+        return attention_forward(qkv_new, n_head, attention_mask, bias)[0]
+    if bias is None and attention_mask is not None:
         bias = attention_bias(t_new, end, attention_mask, qkv_new.dtype)
+    e = xp.matmul(q, k_cache[..., :end])  # scores (B, H, Tn, end), a new array
+    if bias is not None:
+        e += bias
+    elif t_new > 1:  # causal among the new tokens; every earlier key is visible
+        e[..., start:] += causal_bias(t_new, t_new, e.dtype, xp)
+    e -= e.max(axis=-1, keepdims=True)
+    xp.exp(e, out=e)
     out = xp.empty((b, t_new, d), dtype=qkv_new.dtype)
-    _softmax_attend(q, k_cache[:, :, :end], v_cache[:, :, :end], bias, _merge_view(out, n_head))
+    y = _matmul_into(e, v_cache[:, :, :end], _merge_view(out, n_head))  # E v
+    y /= e.sum(axis=-1, keepdims=True)  # P v
     return out
 
 

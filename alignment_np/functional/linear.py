@@ -13,12 +13,39 @@ and X = x viewed as (B*T, Din):
     db = sum_rows(G)    (Dout,)
 
 The transposes are free: BLAS reads a transposed operand in place, NumPy never
-copies for ``X.T @ G``.
+copies for ``X.T @ G``. The bias gradient's column sums are a product too,
+``ones @ G``: BLAS runs it on every core, NumPy's ``G.sum(axis=0)`` on one
+(measured 2x faster on (2048, 1024)).
 """
 
 from __future__ import annotations
 
 from ..backend import get_array_module
+
+_ROWWISE_WIDTH = 8192  # numbers per inner loop in ``rowwise``
+_ROWWISE_MIN_SIZE = 1 << 16  # below this many numbers, the plain broadcast is as fast
+
+
+def rowwise(ufunc, x, row, out):
+    """out = ufunc(x, row) for x (..., D) and a row vector (D,) broadcast over every row.
+
+    The same as ``ufunc(x, row, out=out)``, faster on big arrays: NumPy runs one
+    inner loop per row of D numbers, and with D of a few hundred the per-loop
+    cost is as large as the arithmetic (adding a bias to a (2048, 1024) array
+    takes 2x as long as adding two such arrays). Viewing x as rows of k * D
+    numbers against the row repeated k times gives k times fewer, longer
+    loops. ``out`` may be x (in place).
+    """
+    if x.size < _ROWWISE_MIN_SIZE or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return ufunc(x, row, out=out)  # small or strided: the plain broadcast
+    xp = get_array_module(x)
+    d = row.shape[0]
+    n = x.size // d  # rows
+    k = 1  # rows per long row: a power of 2 that divides n
+    while n % (2 * k) == 0 and 2 * k * d <= _ROWWISE_WIDTH:
+        k *= 2
+    ufunc(x.reshape(n // k, k * d), xp.tile(row, k), out=out.reshape(n // k, k * d))
+    return out
 
 
 def linear_forward(x, w, b=None):
@@ -32,7 +59,7 @@ def linear_forward(x, w, b=None):
     x2 = x.reshape(-1, d_in)  # a view when x is contiguous: no copy
     out = xp.matmul(x2, w)  # (B*T, Dout), a new array: safe to add into
     if b is not None:
-        out += b
+        rowwise(xp.add, out, b, out)  # out += b
     return out.reshape(*x.shape[:-1], d_out), (x, w, b is not None)
 
 
@@ -48,5 +75,5 @@ def linear_backward(dout, cache):
     g = dout.reshape(-1, d_out)  # (B*T, Dout)
     dx = xp.matmul(g, w.T).reshape(x.shape)
     dw = xp.matmul(x.reshape(-1, d_in).T, g)
-    db = g.sum(axis=0) if has_bias else None
+    db = xp.matmul(xp.ones(g.shape[0], dtype=g.dtype), g) if has_bias else None  # sum_rows(G)
     return dx, dw, db

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module
-from ..functional.attention import attention_bias, causal_bias
+from ..functional.attention import attention_bias, empty_kv_cache
 from ..functional.embedding import embedding_backward, embedding_forward
 from .layers import (
     Block,
@@ -135,14 +135,13 @@ class TinyGPT(Module):
         idx: (B, T) ints. attention_mask: (B, T) bool or None (all real).
         Returns h (B, T, D) and the trunk cache.
         """
-        xp = get_array_module(self.wte.data)
         t = idx.shape[1]
         dtype = self.wte.data.dtype
         x, tok_cache = embedding_forward(idx, self.wte.data)  # a new array
         if attention_mask is None:
             pos = None
             x += self.wpe.data[:t]  # positions 0..T-1 for every row
-            bias = causal_bias(t, t, dtype, xp)
+            bias = None  # causal only: attention masks just its tiles' diagonal squares
         else:
             pos = position_ids(attention_mask)
             x += embedding_forward(pos, self.wpe.data)[0]
@@ -229,8 +228,11 @@ class TinyGPT(Module):
     def init_kv_cache(self, batch_size: int, max_len: int) -> dict:
         """Empty key/value buffers for ``forward_incremental``.
 
-        Returns {"k": [L arrays (B, H, max_len, hd)], "v": [...], "length": 0,
-        "batch_size": B, "max_len": max_len}; max_len <= block_size.
+        Returns {"k": [L arrays (B, H, hd, max_len)], "v": [L arrays (B, H,
+        max_len, hd)], "length": 0, "batch_size": B, "max_len": max_len};
+        max_len <= block_size. The keys are stored transposed and scaled by
+        1/sqrt(hd) (``attention.empty_kv_cache``): the score product then
+        reads them in place instead of copying the whole cache at every token.
         """
         c = self.config
         batch_size = _check_positive_int("batch_size", batch_size)
@@ -238,11 +240,14 @@ class TinyGPT(Module):
         if max_len > c.block_size:
             raise ValueError(f"max_len: expected <= block_size={c.block_size}, got {max_len}")
         xp = get_array_module(self.wte.data)
-        shape = (batch_size, c.n_head, max_len, c.d_model // c.n_head)
-        dtype = self.wte.data.dtype
+        buffers = [
+            empty_kv_cache(batch_size, c.n_head, max_len, c.d_model // c.n_head,
+                           self.wte.data.dtype, xp)
+            for _ in range(c.n_layer)
+        ]
         return {
-            "k": [xp.zeros(shape, dtype=dtype) for _ in range(c.n_layer)],
-            "v": [xp.zeros(shape, dtype=dtype) for _ in range(c.n_layer)],
+            "k": [k for k, _ in buffers],
+            "v": [v for _, v in buffers],
             "length": 0,
             "batch_size": batch_size,
             "max_len": max_len,
@@ -273,14 +278,18 @@ class TinyGPT(Module):
                 f"max_len={kv_cache['max_len']}"
             )
         x, _ = embedding_forward(idx_new, self.wte.data)
+        bias = None  # causal only: attention_forward_kv masks the new tokens itself
+        if attention_mask is not None:
+            attention_mask = _check_mask_values(attention_mask, (b, end), xp)
+            if bool(attention_mask.all()):
+                attention_mask = None  # nothing padded: take the cheaper unmasked path
         if attention_mask is None:
             x += self.wpe.data[start:end]
         else:
-            mask = _check_mask_values(attention_mask, (b, end), xp)
-            x += embedding_forward(position_ids(mask)[:, start:end], self.wpe.data)[0]
-            attention_mask = mask
+            x += embedding_forward(position_ids(attention_mask)[:, start:end], self.wpe.data)[0]
+            bias = attention_bias(t_new, end, attention_mask, x.dtype)  # built once for all layers
         for block, k_cache, v_cache in zip(self.blocks, kv_cache["k"], kv_cache["v"]):
-            x = block.forward_kv(x, k_cache, v_cache, start, attention_mask)
+            x = block.forward_kv(x, k_cache, v_cache, start, bias=bias)
         h, _ = self.ln_f.forward(x)
         kv_cache["length"] = end
         d = self.config.d_model

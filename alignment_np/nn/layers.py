@@ -232,10 +232,10 @@ class CausalSelfAttention(Module):
         self.b_qkv.grad += db
         return dx
 
-    def forward_kv(self, x, k_cache, v_cache, start: int, attention_mask=None):
+    def forward_kv(self, x, k_cache, v_cache, start: int, attention_mask=None, bias=None):
         """Inference with a key/value cache (see ``attention_forward_kv``); returns out only."""
         qkv, _ = linear_forward(x, self.w_qkv.data, self.b_qkv.data)
-        y = attention_forward_kv(qkv, self.n_head, k_cache, v_cache, start, attention_mask)
+        y = attention_forward_kv(qkv, self.n_head, k_cache, v_cache, start, attention_mask, bias)
         return linear_forward(y, self.w_proj.data, self.b_proj.data)[0]
 
 
@@ -305,11 +305,11 @@ class Block(Module):
         dx += d_mid
         return dx
 
-    def forward_kv(self, x, k_cache, v_cache, start: int, attention_mask=None):
+    def forward_kv(self, x, k_cache, v_cache, start: int, attention_mask=None, bias=None):
         """Inference with a key/value cache; x (B, Tn, D) -> (B, Tn, D)."""
         xp = get_array_module(x)
         a_in, _ = self.ln1.forward(x)
-        x = x + self.attn.forward_kv(a_in, k_cache, v_cache, start, attention_mask)
+        x = x + self.attn.forward_kv(a_in, k_cache, v_cache, start, attention_mask, bias)
         m_in, _ = self.ln2.forward(x)
         m, _ = self.mlp.forward(m_in)
         return xp.add(x, m, out=m)
