@@ -96,6 +96,23 @@ def get_array_module(*arrays) -> types.ModuleType:
     return np
 
 
+def as_array_of(xp: types.ModuleType, x, name: str):
+    """``x`` as an array of module ``xp`` (a model's backend), for public boundaries.
+
+    A list or scalar becomes an array of ``xp``; an array of the other backend
+    raises ``TypeError`` naming ``name``: moving data between devices is never
+    implicit (``to_device`` does it on request).
+    """
+    if not hasattr(x, "shape"):
+        return xp.asarray(x)
+    if get_array_module(x) is not xp:
+        raise TypeError(
+            f"{name}: expected a {xp.__name__} array (the model's backend), got "
+            f"{type(x).__module__}.{type(x).__name__}; move it with to_device"
+        )
+    return x
+
+
 def is_cupy_array(x) -> bool:
     return _cupy is not None and isinstance(x, _cupy.ndarray)
 

@@ -82,3 +82,15 @@ def test_keep_freed_memory_takes_effect_on_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert out.stdout.strip() == ("True" if on_glibc else "False")
+
+
+def test_as_array_of_converts_lists_and_refuses_the_other_backend():
+    import types
+
+    out = B.as_array_of(np, [[1, 2]], "idx")
+    assert isinstance(out, np.ndarray) and out.shape == (1, 2)
+    x = np.zeros(2)
+    assert B.as_array_of(np, x, "idx") is x  # no copy
+    other = types.SimpleNamespace(__name__="cupy")  # stands in for the GPU module
+    with pytest.raises(TypeError, match=r"idx: expected a cupy array \(the model's backend\), got numpy.ndarray"):
+        B.as_array_of(other, x, "idx")

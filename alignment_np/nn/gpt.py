@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import as_array_of, get_array_module
 from ..functional.attention import attention_bias, empty_kv_cache
 from ..functional.embedding import embedding_backward, embedding_forward
 from .layers import (
@@ -298,14 +298,7 @@ class TinyGPT(Module):
     # ------------------------------------------------------------ validation
 
     def _check_ids(self, idx, name: str):
-        xp = get_array_module(self.wte.data)
-        if not hasattr(idx, "dtype"):
-            idx = xp.asarray(idx)
-        if get_array_module(idx) is not xp:
-            raise ValueError(
-                f"{name}: expected a {xp.__name__} array (the model's backend), "
-                f"got {type(idx).__module__}.{type(idx).__name__}"
-            )
+        idx = as_array_of(get_array_module(self.wte.data), idx, name)
         if not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"{name}: expected an integer dtype, got {idx.dtype}")
         if idx.ndim != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:

@@ -61,7 +61,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import as_array_of, get_array_module, to_numpy
 from ..functional.stable import log_softmax
 
 __all__ = ["generate", "sample_tokens"]
@@ -194,13 +194,7 @@ def _validate(model, prompt_ids, max_new_tokens, temperature, top_k, attention_m
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a TinyGPT (with {attr}), got {type(model).__name__}")
     block_size, v = model.config.block_size, model.config.vocab_size
-    if not hasattr(prompt_ids, "shape"):
-        prompt_ids = xp.asarray(prompt_ids)
-    if get_array_module(prompt_ids) is not xp:
-        raise TypeError(
-            f"prompt_ids: expected a {xp.__name__} array (the model's backend), got "
-            f"{type(prompt_ids).__module__}.{type(prompt_ids).__name__}; move it with to_device"
-        )
+    prompt_ids = as_array_of(xp, prompt_ids, "prompt_ids")
     if prompt_ids.ndim != 2 or 0 in prompt_ids.shape:
         raise ValueError(f"prompt_ids: expected a non-empty (B, P) array, got shape {tuple(prompt_ids.shape)}")
     if not np.issubdtype(prompt_ids.dtype, np.integer):

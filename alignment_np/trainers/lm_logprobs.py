@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import as_array_of, get_array_module, to_numpy
 from ..functional.logprobs import (
     sequence_logprobs_backward,
     sequence_logprobs_forward,
@@ -132,13 +132,7 @@ def policy_logps_backward(d_logps, cache):
 
 def _check_mask(name, mask, shape, xp):
     """mask as an array of the model's module, checked for shape and 0/1 values."""
-    if not hasattr(mask, "shape"):
-        mask = xp.asarray(mask)
-    if get_array_module(mask) is not xp:
-        raise TypeError(
-            f"{name}: expected a {xp.__name__} array (the model's backend), "
-            f"got {type(mask).__module__}.{type(mask).__name__}"
-        )
+    mask = as_array_of(xp, mask, name)
     if tuple(mask.shape) != shape:
         raise ValueError(f"{name}: expected shape (B, T) = {shape} like input_ids, got {tuple(mask.shape)}")
     if mask.dtype.kind not in "biuf":
