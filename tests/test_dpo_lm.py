@@ -19,6 +19,7 @@ from alignment_np.nn.gpt import GPTConfig, TinyGPT
 from alignment_np.optim import AdamW, clip_grad_norm
 from alignment_np.trainers.dpo_lm import DPOConfig, DPOLMTrainer, PreferenceDataset
 from alignment_np.trainers.lm_logprobs import policy_logps_forward
+from helpers import make_parameters_generic
 
 
 @lru_cache(maxsize=None)
@@ -38,13 +39,7 @@ def model(tok, seed=0, dtype="float32", d_model=32, init_std=0.02):
 def generic_model(tok, seed):
     """A float64 model with generic parameters (no gamma = 1, no zero bias) for gradient checks."""
     m = model(tok, seed, dtype="float64", d_model=8, init_std=0.3)
-    rng = np.random.default_rng(seed + 1000)
-    for name, p in m.named_parameters():
-        if name.endswith("gamma"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.split(".")[-1] in ("beta", "b", "b_qkv", "b_proj"):
-            p.data[...] = rng.standard_normal(p.shape) * 0.2
-    return m
+    return make_parameters_generic(m, seed)
 
 
 def trainer_for(policy, reference, tok, **config):

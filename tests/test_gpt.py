@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from alignment_np.backend import to_numpy
 from alignment_np.gradcheck import relative_error
 from alignment_np.nn.gpt import GPTConfig, TinyGPT, last_token_index, position_ids
+from helpers import make_parameters_generic
 
 SMALL = dict(vocab_size=7, block_size=5, n_layer=2, n_head=2, d_model=8)
 
@@ -21,13 +22,7 @@ def small_model(seed=0, init_std=0.3, **overrides):
     a larger init std keeps every gradient well above finite-difference noise."""
     config = GPTConfig(**{**SMALL, "dtype": "float64", "init_std": init_std, **overrides})
     model = TinyGPT(config, seed=seed)
-    rng = np.random.default_rng(seed + 1000)
-    for name, p in model.named_parameters():
-        if name.endswith("gamma"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.split(".")[-1] in ("beta", "b", "b_qkv", "b_proj"):
-            p.data[...] = rng.standard_normal(p.shape) * 0.2
-    return model
+    return make_parameters_generic(model, seed)
 
 
 def make_mask(rng, b, t, style):

@@ -16,6 +16,7 @@ from alignment_np.functional.logprobs import compute_log_probs
 from alignment_np.gradcheck import check_gradients
 from alignment_np.nn.gpt import GPTConfig, TinyGPT
 from alignment_np.trainers.lm_logprobs import policy_logps_backward, policy_logps_forward
+from helpers import make_parameters_generic
 
 V, BLOCK = 11, 8
 
@@ -26,13 +27,7 @@ def generic_model(seed=0, dtype="float64", n_layer=1, d_model=8, n_head=2):
     config = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=n_layer, n_head=n_head,
                        d_model=d_model, dtype=dtype, init_std=0.3)
     model = TinyGPT(config, seed=seed)
-    rng = np.random.default_rng(seed + 1000)
-    for name, p in model.named_parameters():
-        if name.endswith("gamma"):
-            p.data[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.split(".")[-1] in ("beta", "b", "b_qkv", "b_proj"):
-            p.data[...] = rng.standard_normal(p.shape) * 0.2
-    return model
+    return make_parameters_generic(model, seed)
 
 
 def random_batch(rng, b, t, right_pad=True):
