@@ -1,0 +1,139 @@
+"""Argument checks for public boundaries, written once.
+
+Every public function, config and command of the package validates its
+arguments with these helpers, so the same mistake gets the same message
+everywhere: the argument's name, what was expected, what was given::
+
+    lr: expected a finite number >= 0, got True
+    steps: expected a positive int, got -1
+
+Rules, applied alike everywhere:
+
+* ``bool`` is never accepted as a number (``lr=True`` is a mistake, not 1.0);
+* NumPy scalars are numbers (``lr=np.float32(1e-3)`` is fine) and come back
+  as Python ``int`` / ``float``;
+* NaN and infinities are refused wherever a finite number is expected;
+* inner kernels do not call these: they trust their callers and stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "is_int",
+    "is_real",
+    "check_int",
+    "check_positive_int",
+    "check_nonneg_int",
+    "check_float",
+    "check_bool",
+    "check_choice",
+    "check_finite_array",
+]
+
+
+def is_int(value) -> bool:
+    """True for Python and NumPy integers, False for bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """True for Python and NumPy real numbers (ints included), False for bools."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in [low, high] (either bound may be None); ValueError otherwise."""
+    ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        if low is not None and high is not None:
+            want = f"an int in [{low}, {high}]"
+        elif low is not None:
+            want = "a positive int" if low == 1 else f"an int >= {low}"
+        elif high is not None:
+            want = f"an int <= {high}"
+        else:
+            want = "an int"
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1."""
+    return check_int(name, value, low=1)
+
+
+def check_nonneg_int(name: str, value) -> int:
+    """``value`` as an int >= 0."""
+    return check_int(name, value, low=0)
+
+
+def check_float(
+    name: str,
+    value,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high``.
+
+    low_open / high_open: exclude the bound itself (e.g. ``beta > 0``:
+    ``check_float("beta", beta, 0, low_open=True)``). NaN and +-inf are
+    always refused, whatever the bounds.
+    """
+    ok = is_real(value) and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        raise ValueError(f"{name}: expected {_describe(low, high, low_open, high_open)}, got {value!r}")
+    return float(value)
+
+
+def _describe(low, high, low_open, high_open) -> str:
+    lo_inf, hi_inf = math.isinf(low), math.isinf(high)
+    if lo_inf and hi_inf:
+        return "a finite number"
+    if hi_inf:
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    if lo_inf:
+        return f"a finite number {'<' if high_open else '<='} {high:g}"
+    return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool; TypeError for anything else (0 and 1 included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of ``choices`` (strings); ValueError listing them otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_finite_array(name: str, x) -> None:
+    """ValueError if the float array ``x`` holds a NaN or an infinity (where the first one is).
+
+    Public losses and metrics call this on their inputs: a NaN must never
+    come out as a finite loss or accuracy. Integer and bool arrays pass.
+    """
+    from .backend import get_array_module, to_numpy
+
+    xp = get_array_module(x)
+    if getattr(x, "dtype", None) is None or x.dtype.kind not in "fc":
+        return
+    if bool(xp.isfinite(x).all()):
+        return
+    bad = to_numpy(~xp.isfinite(x))
+    where = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
+    value = to_numpy(x)[where] if where else to_numpy(x)[()]
+    raise ValueError(f"{name}: expected finite values, got {value} at index {where}")
