@@ -33,6 +33,8 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_finite_array",
+    "NonFiniteLossError",
+    "check_finite_metrics",
 ]
 
 
@@ -137,3 +139,29 @@ def check_finite_array(name: str, x) -> None:
     where = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
     value = to_numpy(x)[where] if where else to_numpy(x)[()]
     raise ValueError(f"{name}: expected finite values, got {value} at index {where}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a NaN or infinite loss (or gradient norm).
+
+    Trainers raise it *before* the optimiser step, so the model still holds
+    the parameters of the last good step; the run mechanism then stops the
+    run, names the step and keeps the last good checkpoint.
+
+    step: the step that failed (1-based: the step that would have been taken).
+    name: which metric was not finite ("loss", "grad_norm", ...). value: it.
+    """
+
+    def __init__(self, step: int, name: str, value: float):
+        self.step, self.name, self.value = int(step), str(name), float(value)
+        super().__init__(f"step {self.step}: {self.name} is {self.value} (not finite); the update was not applied")
+
+
+def check_finite_metrics(step: int, metrics: dict, names=("loss", "grad_norm")) -> None:
+    """Raise ``NonFiniteLossError`` if any of ``metrics[name]`` (when present) is NaN or infinite.
+
+    Call it after the backward pass and before ``optimizer.step()``.
+    """
+    for name in names:
+        if name in metrics and not math.isfinite(float(metrics[name])):
+            raise NonFiniteLossError(step, name, float(metrics[name]))
