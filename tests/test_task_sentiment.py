@@ -261,6 +261,13 @@ def test_a_grammar_is_checked_when_it_is_built():
         ReviewGrammar(**{**TINY, "templates": ("i found the {noun}",)})
     with pytest.raises(ValueError, match="is a prefix of"):
         ReviewGrammar(**{**TINY, "templates": (SECOND_CLAUSE, "the {noun} was very")})
+    with pytest.raises(ValueError, match="food adjective 'good' is already a food adjective"):
+        ReviewGrammar(**{**TINY, "adjectives": {**TINY["adjectives"], "food": {1: ("good", "x"), -1: ("good", "y"),
+                                                                                 0: ("a", "b")}}})
+    with pytest.raises(ValueError, match="modifier 'film' is already a noun"):
+        ReviewGrammar(**{**TINY, "modifiers": ("film",)})
+    with pytest.raises(ValueError, match="noun 'Soup': expected a lower-case word"):
+        ReviewGrammar(**{**TINY, "nouns": {"film": ("film", "plot"), "food": ("Soup", "cake")}})
     with pytest.raises(ValueError, match=r"domain 'film': expected >= 2 nouns"):
         ReviewGrammar(**{**TINY, "nouns": {"film": ("film",), "food": ("soup", "cake")}})
 

@@ -217,6 +217,19 @@ class ReviewGrammar:
             for b in self.templates:
                 if a != b and len(a) <= len(b) and all(x == y for x, y in zip(a, b)):
                     raise ValueError(f"templates: {' '.join(a)!r} is a prefix of {' '.join(b)!r}")
+        # one role per word, or the parser would read a line two ways
+        structure = {NEGATION, "and", "but", ",", "i", "the", "was"} | {w for t in self.templates for w in t}
+        role_of = {w: "structure word" for w in structure - {"{noun}"}}
+        for role, words in (("noun", [n for ns in self.nouns.values() for n in ns]), ("modifier", self.modifiers),
+                            ("verb", [v for vs in self.verbs.values() for v in vs])):
+            for w in words:
+                _check_word(role, w, role_of)
+                role_of[w] = role
+        for d in self.nouns:
+            domain_role = dict(role_of)
+            for w in (a for ws in self.adjectives[d].values() for a in ws):
+                _check_word(f"{d} adjective", w, domain_role)
+                domain_role[w] = f"{d} adjective"
         for d in self.nouns:  # the sampler needs two of each to keep nouns and adjectives distinct
             sizes = [len(self.nouns[d])] + [len(self.adjectives[d][p]) for p in (+1, -1, 0)]
             if min(sizes) < 2:
@@ -420,6 +433,13 @@ class ReviewGrammar:
         for prompt, (t, d, k) in self.prompts.items():
             (held_out if (t + k + domains.index(d)) % EVAL_PERIOD == 0 else train).append(prompt)
         return tuple(train), tuple(held_out)
+
+
+def _check_word(role: str, word, role_of: dict) -> None:
+    if not (isinstance(word, str) and word.isalpha() and word.islower()):
+        raise ValueError(f"{role} {word!r}: expected a lower-case word")
+    if word in role_of:
+        raise ValueError(f"{role} {word!r} is already a {role_of[word]}")
 
 
 def _pick(rng: np.random.Generator, words):
