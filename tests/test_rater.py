@@ -166,7 +166,7 @@ def test_boosters_raise_and_dampeners_lower_a_one_clause_verdict(rater, rated):
                 with_mod.append(i)
                 without.append(" ".join(tokens[: hits[0]] + tokens[hits[0] + 1 :]))
         change = np.abs(rated.scores[with_mod]) - np.abs(rater(without))
-        assert len(with_mod) > 50 and (sign * change > 0).mean() > 0.9
+        assert len(with_mod) > 50 and (sign * change > 0).all()
 
 
 def test_samples_for_one_prompt_differ_enough_to_make_preferences(rater):
