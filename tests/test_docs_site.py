@@ -145,3 +145,25 @@ def test_mkdocs_build_strict(tmp_path):
                         r"<code>.*?</code>", r"<pre.*?</pre>", r"<script.*?</script>"):
             text = re.sub(pattern, "", text, flags=re.S)
         assert "$" not in text, f"unrendered math in {page.relative_to(site)}: ...{text[text.index('$') - 60:text.index('$') + 60]}..."
+
+
+# "Rafailov et al. 2023", "Press & Wolf 2017", "Bradley and Terry (1952", "Williams 1992";
+# a year followed by a dash or a digit is a date or a number, not a citation.
+CITATION = re.compile(r"\b([A-Z][a-zA-Z'-]+(?: et al\.| (?:&|and) [A-Z][a-zA-Z'-]+)?),? \(?((?:19|20)\d\d)\b(?![-\d])")
+
+
+def _cited(text):
+    return {f"{name.replace(' and ', ' & ')} {year}" for name, year in CITATION.findall(text)}
+
+
+def test_every_citation_has_a_reference():
+    references = (DOCS / "references.md").read_text(encoding="utf-8")
+    sources = [p for p in _pages() if p.name != "references.md"]
+    sources += sorted((DOCS / "solutions").glob("*.py")) + sorted((ROOT / "alignment_np").rglob("*.py"))
+    cited = {}
+    for path in sources:
+        for key in _cited(path.read_text(encoding="utf-8")):
+            cited.setdefault(key, path.relative_to(ROOT).as_posix())
+    assert "Rafailov et al. 2023" in cited, "the citation pattern no longer finds the course's citations"
+    missing = {key: where for key, where in cited.items() if key not in references}
+    assert not missing, f"cited but not in docs/references.md (first place cited): {missing}"
