@@ -90,20 +90,22 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     return_metrics: also return a dict of Python floats:
         ``clip_fraction``: fraction of entries where the clipped term is the
             minimum (so their gradient is 0); TRL's ``clipfrac``.
-        ``approx_kl``: mean((r - 1) - log r), Schulman's k3 estimator of
+        ``approx_kl``: mean((rho - 1) - log rho), Schulman's k3 estimator of
             KL(pi_old || pi_theta) from samples of pi_old
             (http://joschu.net/blog/kl-approx.html, as in CleanRL).
-        ``ratio_mean``: mean of r.
+        ``ratio_mean``: mean of rho.
 
-    With r = exp(new_log_probs - old_log_probs) (Schulman et al. 2017, Eq. 7):
+    With the probability ratio rho_t = exp(new_log_probs - old_log_probs)
+    (Schulman et al. 2017, Eq. 7, where it is called r_t; in this package r_t
+    is always a reward):
 
-        loss = -mean( min(r * A, clip(r, 1 - eps, 1 + eps) * A) )
+        loss = -mean( min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) )
 
     Returns ``(loss, grad_new_log_probs)`` (+ ``metrics``). The gradient is
-    ``-r * A / N`` where the unclipped term is the minimum and exactly 0 where
-    the clipped term is (see the four regions in the code).
+    ``-rho * A / N`` where the unclipped term is the minimum and exactly 0 where
+    the clipped term is (see the six regions in the code).
 
-    r is computed as written, with no clipping of the log-ratio: it overflows
+    rho is computed as written, with no clipping of the log-ratio: it overflows
     (NumPy warns) only if the policy moved a probability by a factor of e^88
     (float32) within one update, a run that has already diverged.
     """
@@ -121,24 +123,28 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
         advantages = xp.where(m, advantages, 0)  # so padded entries contribute 0 below
 
     log_ratio = new_log_probs - old_log_probs
-    ratio = xp.exp(log_ratio)  # r = pi_theta / pi_old; dr / d(new_log_prob) = r
+    ratio = xp.exp(log_ratio)  # rho = pi_theta / pi_old; d rho / d(new_log_prob) = rho
     unclipped = ratio * advantages
     clipped = xp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages
     # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0 * ... = 0.
     surrogate = xp.minimum(unclipped, clipped)
     loss = -surrogate.sum() / n
 
-    # Which term is the minimum decides the gradient. Four regions:
-    #   A > 0, r <= 1 + eps: unclipped r*A is the minimum -> d/dlogp = r*A.
-    #                        This includes r < 1 - eps: the policy made a good
-    #                        action LESS likely, and the gradient still pushes it up.
-    #   A > 0, r >  1 + eps: clipped (1 + eps)*A is the minimum, constant -> 0:
-    #                        no incentive to move further in the good direction.
-    #   A < 0, r >= 1 - eps: unclipped r*A is the minimum -> r*A. This includes
-    #                        r > 1 + eps: a bad action made MORE likely is still pushed down.
-    #   A < 0, r <  1 - eps: clipped (1 - eps)*A is the minimum, constant -> 0.
-    # (A = 0 gives r*A = 0 in every region.) The gradient is zero only where the
-    # clipped term is active, NOT wherever r lies outside [1 - eps, 1 + eps].
+    # Which term is the minimum decides the gradient. Six regions, by the sign
+    # of A and where rho lies (below, inside or above [1 - eps, 1 + eps]):
+    #   A > 0, rho <  1 - eps: unclipped rho*A is the minimum -> d/dlogp = rho*A:
+    #                          the policy made a good action LESS likely, and
+    #                          the gradient still pushes it up.
+    #   A > 0, rho inside:     unclipped rho*A -> rho*A.
+    #   A > 0, rho >  1 + eps: clipped (1 + eps)*A is the minimum, constant -> 0:
+    #                          no incentive to move further in the good direction.
+    #   A < 0, rho <  1 - eps: clipped (1 - eps)*A is the minimum, constant -> 0.
+    #   A < 0, rho inside:     unclipped rho*A -> rho*A.
+    #   A < 0, rho >  1 + eps: unclipped rho*A -> rho*A: a bad action made MORE
+    #                          likely is still pushed down.
+    # (A = 0 gives rho*A = 0 in every region.) The gradient is zero only where the
+    # clipped term is active, NOT wherever rho lies outside [1 - eps, 1 + eps]:
+    # that common bug agrees in four of the six regions and freezes the other two.
     clipped_active = ((advantages > 0) & (ratio > 1.0 + eps)) | ((advantages < 0) & (ratio < 1.0 - eps))
     grad_new_log_probs = -(ratio * advantages) * (~clipped_active) / n
 
@@ -146,7 +152,7 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
         return loss, grad_new_log_probs
     metrics = {
         "clip_fraction": _masked_mean(clipped_active, m, n, xp),
-        # k3: each term (r - 1) - log r >= 0, and its mean under pi_old is KL(pi_old || pi_theta).
+        # k3: each term (rho - 1) - log rho >= 0, and its mean under pi_old is KL(pi_old || pi_theta).
         "approx_kl": _masked_mean((ratio - 1.0) - log_ratio, m, n, xp),
         "ratio_mean": _masked_mean(ratio, m, n, xp),
     }
@@ -161,20 +167,21 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
 
     values:     (N,) or (B, T), the critic's V(s_t) now (being trained).
     old_values: same shape, V_old(s_t) recorded at rollout time.
-    returns:    same shape, the targets R_t (``compute_gae``'s returns).
-    clip_range: c > 0; V may move at most c away from V_old before the clipped
-                term takes over. ``None``: plain 0.5 * mean((V - R)^2).
+    returns:    same shape, the targets: the lambda-returns R^lambda_t = A_t + V(s_t)
+                (``compute_gae``'s returns), written R below.
+    clip_range: eps_V > 0; V may move at most eps_V away from V_old before the
+                clipped term takes over. ``None``: plain 0.5 * mean((V - R)^2).
     mask:       optional, same shape; the mean runs over masked-in entries.
     return_metrics: also return ``{"clip_fraction": ...}``, the fraction of
                 entries where the clipped term is strictly larger (TRL's
                 ``vf_clipfrac``).
 
-    With V_clip = V_old + clip(V - V_old, -c, c):
+    With V_clip = V_old + clip(V - V_old, -eps_V, eps_V):
 
         loss = 0.5 * mean( max((V - R)^2, (V_clip - R)^2) )
 
-    The max makes it pessimistic like the policy loss: moving V further than c
-    from V_old cannot lower the loss. Returns ``(loss, grad_values)``.
+    The max makes it pessimistic like the policy loss: moving V further than
+    eps_V from V_old cannot lower the loss. Returns ``(loss, grad_values)``.
     """
     xp = get_array_module(values, old_values, returns, mask)
     values = _float_array("values", values, xp)
@@ -233,8 +240,8 @@ def entropy_from_logits(logits, mask=None):
 
     Per position, with log p = log_softmax(logits) (max-shifted, stable):
 
-        H = -sum_v p_v log p_v            (0 * log 0 = 0)
-        dH/dlogits_v = -p_v (log p_v + H) = -p_v (log p_v - sum_u p_u log p_u)
+        entropy = -sum_v p_v log p_v            (0 * log 0 = 0)
+        d entropy / dlogits_v = -p_v (log p_v + entropy) = -p_v (log p_v - sum_u p_u log p_u)
 
     Returns ``(entropy, grad_logits)``: entropy = mean over the N counted
     positions (a scalar, like ``loss`` above), grad_logits (..., V) its gradient (1/N included).
