@@ -7,19 +7,21 @@ Two different objects share the name "KL" in RLHF:
 
       KL(P || Q) = sum_v p_v (log p_v - log q_v)  >= 0, and 0 iff P = Q;
 
-* a per-token estimate from the ONE token x_t the policy sampled
+* a per-token estimate from the ONE token v the policy sampled at a position
   (``kl_estimate``), which is what PPO for RLHF puts into the reward because it
   costs a single gather instead of V terms. Schulman, "Approximating KL
   Divergence" (2020, http://joschu.net/blog/kl-approx.html), with p = the policy
-  pi (which sampled x), q = the reference pi_ref, log r = log q(x) - log p(x):
+  pi (which sampled v), q = the reference pi_ref and the ratio
+  omega = q(v) / p(v) (Schulman's r; in this package r is a reward and rho
+  PPO's ratio):
 
-      k1 = log p(x) - log q(x) = -log r          unbiased, can be negative
-      k2 = 0.5 * (log p(x) - log q(x))^2          >= 0, biased (low bias near p = q)
-      k3 = (r - 1) - log r                        >= 0 and unbiased
+      k1 = log p(v) - log q(v) = -log omega      unbiased, can be negative
+      k2 = 0.5 * (log p(v) - log q(v))^2          >= 0, biased (low bias near p = q)
+      k3 = (omega - 1) - log omega                >= 0 and unbiased
 
-  Each satisfies E_{x ~ p}[k] = KL(p || q) (k2 only approximately). The
-  penalised reward is r_t - kl_coef * k_t (Ziegler et al. 2019, Section 2.2;
-  Ouyang et al. 2022, Eq. 2).
+  Each satisfies E_{v ~ p}[k] = KL(p || q) (k2 only approximately). The
+  penalised per-token reward is r_t - beta * k_t, beta = ``kl_coef``
+  (Ziegler et al. 2019, Section 2.2; Ouyang et al. 2022, Eq. 2).
 """
 
 from __future__ import annotations
@@ -118,17 +120,18 @@ def kl_divergence(log_probs_p, log_probs_q, return_grad=False):
 def kl_estimate(policy_log_probs, ref_log_probs, estimator="k1", mask=None):
     """Per-token estimate k_t of KL(pi || pi_ref) from the sampled tokens.
 
-    policy_log_probs: any shape, e.g. (B, T): log pi(x_t) of each sampled
-                      token under the policy that sampled it.
-    ref_log_probs:    same shape: log pi_ref(x_t) of the same tokens.
+    policy_log_probs: any shape, e.g. (B, T): log pi(y_t) of each sampled
+                      token y_t under the policy that sampled it.
+    ref_log_probs:    same shape: log pi_ref(y_t) of the same tokens.
     estimator:        "k1", "k2" or "k3" (see the module docstring).
     mask:             optional, same shape; masked-out entries are 0 in the
                       output whatever the inputs hold there.
 
-    Returns k_t, same shape. k3 is computed as ``expm1(log r) - log r`` so that
-    it stays >= 0 in floating point for tiny log r (``exp(log r) - 1`` rounds
-    to 0 there and the difference can come out negative); it grows like
-    exp(log r) and overflows to inf only when the reference likes a token
+    Returns k_t, same shape. k3 is computed as ``expm1(log omega) - log omega``
+    so that it stays >= 0 in floating point for tiny log omega
+    (``exp(log omega) - 1`` rounds to 0 there and the difference can come out
+    negative); it grows like omega and overflows to inf only when the reference
+    likes a token
     e^88 times more than the policy that sampled it (float32).
     """
     xp = get_array_module(policy_log_probs, ref_log_probs, mask)
@@ -156,17 +159,17 @@ def kl_estimate(policy_log_probs, ref_log_probs, estimator="k1", mask=None):
         kl = log_ratio
     elif estimator == "k2":
         kl = 0.5 * log_ratio * log_ratio
-    else:  # k3 = (r - 1) - log r with log r = log pi_ref - log pi
-        log_r = -log_ratio
-        kl = xp.expm1(log_r) - log_r
+    else:  # k3 = (omega - 1) - log omega with log omega = log pi_ref - log pi
+        log_omega = -log_ratio
+        kl = xp.expm1(log_omega) - log_omega
     return kl  # masked-out entries: log_ratio = 0, so every estimator gives 0
 
 
 def kl_penalty_reward(policy_log_probs, ref_log_probs, kl_coef=0.1, estimator="k1", mask=None):
     """The KL penalty to ADD to the per-token reward: ``-kl_coef * k_t``.
 
-    policy_log_probs: any shape, e.g. (B, T): log pi(x_t) of the sampled tokens.
-    ref_log_probs:    same shape: log pi_ref(x_t).
+    policy_log_probs: any shape, e.g. (B, T): log pi(y_t) of the sampled tokens.
+    ref_log_probs:    same shape: log pi_ref(y_t).
     kl_coef:          beta >= 0 (a number, e.g. ``AdaptiveKLController.value``).
     estimator:        "k1", "k2" or "k3" (see ``kl_estimate``).
     mask:             optional, same shape; 0 penalty on masked-out entries.
