@@ -7,16 +7,18 @@ difference of log-ratios between the policy and the frozen reference,
       = (pi_c - ref_c) - (pi_r - ref_r),
 
 (the ``logits`` of the DPO reference implementation), and ``beta * (pi - ref)``
-is the implicit reward of a response (Rafailov et al. 2023, Eq. 5). With
-``e = label_smoothing``, the per-pair losses are
+is the implicit reward of a response (Rafailov et al. 2023, Eq. 5). With the
+label-flip rate ``eta = label_smoothing`` (written ``e`` in the code below), the
+per-pair losses are
 
-    sigmoid  -(1-e) logsigmoid(beta h) - e logsigmoid(-beta h)
-             DPO, Rafailov et al. 2023, Eq. 7; e > 0: conservative DPO (Mitchell 2023)
+    sigmoid  -(1-eta) logsigmoid(beta h) - eta logsigmoid(-beta h)
+             DPO, Rafailov et al. 2023, Eq. 7; eta > 0: conservative DPO (Mitchell 2023)
     ipo      (h - 1/(2 beta))^2
-             IPO, Azar et al. 2023, Eq. 17
+             IPO, Azar et al. 2023, Eq. 17 (their tau is beta)
     hinge    relu(1 - beta h)
-             SLiC-HF, Zhao et al. 2023
-    robust   ((1-e)(-logsigmoid(beta h)) - e(-logsigmoid(-beta h))) / (1 - 2e)
+             TRL's adaptation of SLiC-HF (Zhao et al. 2023, Sec. 2), whose hinge
+             max(0, margin - log pi(y_c) + log pi(y_r)) has no reference model
+    robust   ((1-eta)(-logsigmoid(beta h)) - eta(-logsigmoid(-beta h))) / (1 - 2 eta)
              rDPO, Chowdhury et al. 2024
 
 and the batch loss is their mean. Each variant is written as a pair
@@ -29,18 +31,19 @@ What each variant does as h grows (the tests check these):
   once beta h >= 1: SLiC stops pushing a pair that is already separated);
 * ipo: falls until h = 1/(2 beta), then rises: IPO regresses h to a target
   margin instead of pushing it to infinity, its remedy for overfitting;
-* sigmoid with e > 0 (cDPO): falls until h = log((1-e)/e) / beta, then rises;
-  it treats a label as flipped with probability e.
+* sigmoid with eta > 0 (cDPO): falls until h = log((1-eta)/eta) / beta, then
+  rises; it treats a label as flipped with probability eta.
 
 Derivatives (sigma = sigmoid; d/dx logsigmoid(x) = sigma(-x)):
-    sigmoid  dl/dh = beta * (-(1-e) sigma(-beta h) + e sigma(beta h))
+    sigmoid  dl/dh = beta * (-(1-eta) sigma(-beta h) + eta sigma(beta h))
     ipo      dl/dh = 2 (h - 1/(2 beta))
     hinge    dl/dh = -beta where 1 - beta h > 0, else 0 (0 at the kink itself)
-    robust   dl/dh = -beta * ((1-e) sigma(-beta h) + e sigma(beta h)) / (1 - 2e)
+    robust   dl/dh = -beta * ((1-eta) sigma(-beta h) + eta sigma(beta h)) / (1 - 2 eta)
 
 SimPO (Meng et al. 2024, Eq. 6) drops the reference and uses length-normalised
-log-probs ``avg = logpi(y|x) / |y|``: ``-logsigmoid(beta (avg_c - avg_r) - gamma)``,
-which is the sigmoid loss at ``h = (avg_c - avg_r) - gamma / beta``.
+log-probs ``avg = logpi(y|x) / |y|``: ``-logsigmoid(beta (avg_c - avg_r) - mu)``
+with the margin mu (the paper's gamma, the argument ``gamma``), which is the
+sigmoid loss at ``h = (avg_c - avg_r) - mu / beta``.
 
 Shapes: every log-prob array is (B,), one entry per preference pair.
 """
@@ -71,7 +74,7 @@ __all__ = [
 
 
 def sigmoid_loss(h, beta, label_smoothing=0.0):
-    """DPO (Rafailov et al. 2023, Eq. 7); with label_smoothing e > 0, conservative DPO.
+    """DPO (Rafailov et al. 2023, Eq. 7); with label_smoothing eta > 0, conservative DPO.
 
     h: (B,) log-ratio differences. Returns (losses (B,), dlosses_dh (B,)).
     """
@@ -88,14 +91,19 @@ def ipo_loss(h, beta, label_smoothing=0.0):
 
     h: (B,). Returns (losses (B,), dlosses_dh (B,)). label_smoothing is unused
     (``dpo_loss`` refuses a nonzero one). Azar et al. write h with whole-sequence
-    log-probs; TRL feeds IPO length-averaged ones (``compute_log_probs(average=True)``).
+    log-probs; TRL feeds IPO length-averaged ones (``compute_log_probs(average=True)``),
+    a convention of its implementation, not the paper's.
     """
     gap = h - 1.0 / (2.0 * beta)
     return gap * gap, 2.0 * gap
 
 
 def hinge_loss(h, beta, label_smoothing=0.0):
-    """SLiC-HF calibration loss (Zhao et al. 2023): relu(1 - beta h).
+    """The hinge relu(1 - beta h): TRL's adaptation of SLiC-HF (Zhao et al. 2023).
+
+    SLiC-HF's calibration loss is max(0, margin - log pi(y_c) + log pi(y_r)) on
+    the policy's own log-probs, without a reference; TRL applies the hinge to
+    the reference-normalised h instead, with the margin 1 / beta.
 
     h: (B,). Returns (losses (B,), dlosses_dh (B,)); at the kink 1 - beta h = 0
     the subgradient 0 is used. label_smoothing is unused.
@@ -111,8 +119,9 @@ def hinge_loss(h, beta, label_smoothing=0.0):
 def robust_loss(h, beta, label_smoothing=0.0):
     """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"): unbiased under label flips.
 
-    h: (B,). Returns (losses (B,), dlosses_dh (B,)). Needs 0 <= e < 0.5, the
-    assumed rate e at which preference labels were flipped.
+    h: (B,). Returns (losses (B,), dlosses_dh (B,)). Needs 0 <= eta < 0.5
+    (``label_smoothing``), the assumed rate at which preference labels were
+    flipped (the paper's epsilon).
     """
     e = label_smoothing
     z = beta * h
@@ -222,7 +231,7 @@ def dpo_loss(
     ref_chosen_logps:      (B,) log pi_ref(y_c | x) under the frozen reference.
     ref_rejected_logps:    (B,) log pi_ref(y_r | x) under the reference.
     beta: > 0, strength of the implicit KL leash to the reference (Eq. 7).
-    label_smoothing: e in [0, 0.5), assumed rate of flipped labels (sigmoid, robust).
+    label_smoothing: eta in [0, 0.5), assumed rate of flipped labels (sigmoid, robust).
     loss_type: one of "sigmoid", "ipo", "hinge", "robust".
 
     Returns
@@ -266,8 +275,9 @@ def simpo_loss(
     policy_rejected_logps: (B,) average per-token log-prob of y_r.
     beta: > 0, reward scale (the paper uses 2 to 2.5 and its rewards are
           beta * average log-prob, Eq. 4).
-    gamma: >= 0 target reward margin.
-    label_smoothing: e in [0, 0.5), as in conservative DPO.
+    gamma: >= 0 target reward margin (mu in the course's notation; gamma is
+           the paper's name and TRL's ``simpo_gamma``).
+    label_smoothing: eta in [0, 0.5), as in conservative DPO.
 
     Returns (losses (B,), grad_policy_chosen (B,), grad_policy_rejected (B,),
     chosen_rewards (B,), rejected_rewards (B,)), gradients of the mean loss.
