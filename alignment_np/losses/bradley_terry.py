@@ -12,22 +12,23 @@ Maximising the likelihood of the observed preferences is minimising
     loss = -mean( log sigmoid(r_c - r_r) )                    Ouyang et al. 2022, Eq. 1
 
 (InstructGPT; their 1/C(K,2) averages over the K-choose-2 pairs from one
-ranking, here we average over the B pairs in a batch). Llama 2 (Touvron et al.
-2023, Eq. 2) subtracts a margin m >= 0 that is larger for pairs the raters
-called clearly better, asking the model to separate those by more:
+ranking of K responses, G in the course's notation; here we average over the
+B pairs in a batch). Llama 2 (Touvron et al. 2023, Eq. 2) subtracts a margin
+mu >= 0 (their m) that is larger for pairs the raters called clearly better,
+asking the model to separate those by more:
 
-    loss = -mean( log sigmoid(r_c - r_r - m) )
+    loss = -mean( log sigmoid(r_c - r_r - mu) )
 
-Gradient, with d = r_c - r_r - m and d/dd log sigmoid(d) = sigmoid(-d):
+Gradient, with the logit z = r_c - r_r - mu and d/dz log sigmoid(z) = sigmoid(-z):
 
-    dloss/dr_c = -sigmoid(-d) / B,    dloss/dr_r = +sigmoid(-d) / B
+    dloss/dr_c = -sigmoid(-z) / B,    dloss/dr_r = +sigmoid(-z) / B
 
-A pair already ranked correctly by a wide margin (d >> 0) gives sigmoid(-d)
+A pair already ranked correctly by a wide margin (z >> 0) gives sigmoid(-z)
 ~ 0: it stops pulling. A wrongly ranked pair pulls with weight up to 1/B.
 
-Numerics: ``logsigmoid`` goes through ``logaddexp`` and ``sigmoid(-d)``
-through ``exp(logsigmoid(-d))``, so differences of 1e4 in float32 give a
-finite loss (about 1e4 / B per wrong pair) and gradients in [0, 1/B].
+Numerics: ``logsigmoid`` goes through ``logaddexp`` and ``sigmoid(-z)``
+through ``exp(logsigmoid(-z))``, so in float32 a pair ranked the wrong way
+round by 1e4 adds a finite 1e4 / B to the loss, and gradients stay in [0, 1/B].
 """
 
 from __future__ import annotations

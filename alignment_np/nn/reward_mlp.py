@@ -1,22 +1,25 @@
 """The reward model of the course: a two-layer ReLU MLP from features to a score.
 
-    a = x @ W1 + b1          (B, H)   pre-activations
-    h = relu(a)              (B, H)
+    a = x @ W1 + b1          (B, F)   pre-activations (u^(1) in the course)
+    h = relu(a)              (B, F)   activations (u^(2) in the course)
     r = h @ W2 + b2          (B, 1)   one scalar reward per row
 
-In RLHF the input would be the last hidden state of a language model (the
-"value head" of InstructGPT, Ouyang et al. 2022, Sec. 3.5); here it is a
-feature vector, so the whole model fits on a page and every gradient can be
-checked by finite differences.
+F is the hidden width (``hidden_dim``). In RLHF the input would be the last
+hidden state of a language model at the response's final token, and the layer
+on top a *reward head* (one scalar per response; InstructGPT's reward model,
+Ouyang et al. 2022, Sec. 3.5), not a value head, which is PPO's critic and
+predicts a return at every token. Here the input is a feature vector, so the
+whole model fits on a page and every gradient can be checked by finite
+differences.
 
 Backward, one line per rule (chain rule from the output back):
 
-    dW2 = h.T @ dr           (H, 1)
+    dW2 = h.T @ dr           (F, 1)
     db2 = sum_B dr           (1,)
-    dh  = dr @ W2.T          (B, H)
-    da  = dh * (a > 0)       (B, H)   relu passes the gradient where it was active
-    dW1 = x.T @ da           (D, H)
-    db1 = sum_B da           (H,)
+    dh  = dr @ W2.T          (B, F)
+    da  = dh * (a > 0)       (B, F)   relu passes the gradient where it was active
+    dW1 = x.T @ da           (D, F)
+    db1 = sum_B da           (F,)
     dx  = da @ W1.T          (B, D)
 
 The pure kernels ``reward_mlp_forward`` / ``reward_mlp_backward`` do the
