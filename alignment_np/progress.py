@@ -18,6 +18,10 @@ NumPy is the only required dependency of alignment_np; tqdm comes with the
   about every tenth of the run and at the end, so a log file stays short;
   ``write`` lines go to stdout.
 * ``enabled=False``: nothing at all is printed, not even ``write`` lines.
+* the bar's stream is the default stderr and it is not a terminal (output
+  redirected to a file, a CI log): no bar and no plain progress lines, only
+  the ``write`` lines; a log file then holds the run's log, not a thousand
+  redraws of a bar.
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ def _format_metrics(metrics: dict) -> str:
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class Progress:
@@ -81,7 +92,9 @@ class Progress:
         self._every = max(1, total // lines)  # plain-text mode: one line per this many units
         self._start = time.perf_counter()
         self._bar = None
-        if self.enabled and (has_tqdm() if use_tqdm is None else use_tqdm):
+        # A bar needs a terminal: redirected to a file it would only add noise.
+        self._show_bar = self.enabled and (stream is not None or _is_terminal(sys.stderr))
+        if self._show_bar and (has_tqdm() if use_tqdm is None else use_tqdm):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc or None, file=self._out(), dynamic_ncols=True)
@@ -104,7 +117,7 @@ class Progress:
             if metrics:
                 self._bar.set_postfix_str(_format_metrics(self.metrics), refresh=False)
             self._bar.update(n)
-        elif self.n % self._every == 0 or self.n == self.total:
+        elif self._show_bar and (self.n % self._every == 0 or self.n == self.total):
             self._print_line()
 
     def write(self, text: str) -> None:

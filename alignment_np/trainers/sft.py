@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
+from ..checks import check_finite_metrics
 from ..checkpoint import load_checkpoint, rng_from_state, save_checkpoint
 from ..data.collate import BATCH_KEYS, collate_lm, collate_sft
 from ..functional.cross_entropy import cross_entropy_backward, cross_entropy_forward
@@ -250,6 +251,8 @@ class SFTTrainer:
         batch: {"input_ids", "attention_mask", "targets", "loss_mask"}, each (B, T).
         Returns {"loss": float (before the update), "grad_norm": float (before
         clipping), "lr": float (used by this step), "tokens": int (counted targets)}.
+        Raises ``NonFiniteLossError`` (and takes no step) if the loss or the
+        gradient norm is NaN or infinite.
         """
         c = self.config
         lr = self.learning_rate()
@@ -258,6 +261,8 @@ class SFTTrainer:
         loss = sft_loss(self.model, batch, backward=True)
         max_norm = c.grad_clip if c.grad_clip else math.inf  # inf: measure the norm, never scale
         grad_norm = clip_grad_norm(self.optimizer.params, max_norm)
+        # A NaN or infinite loss stops here, before the update: the weights stay those of the last good step.
+        check_finite_metrics(self.step + 1, {"loss": loss, "grad_norm": grad_norm})
         self.optimizer.step()
         self.step += 1
         return {
