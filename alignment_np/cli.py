@@ -23,6 +23,7 @@ import shlex
 import sys
 
 from .commands import COMMANDS
+from .runs.signals import Interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
 
         set_backend(args.backend or os.environ.get("ALIGNMENT_NP_BACKEND") or "numpy")
         return _module(args.command).run(args)
+    except Interrupted as stopped:
+        print(f"alignment-np {args.command}: {stopped}; nothing was written", file=sys.stderr)
+        return stopped.exit_code
     except USER_ERRORS as err:
         if os.environ.get("ALIGNMENT_NP_TRACEBACK"):  # for developers: the whole story
             raise

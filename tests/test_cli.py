@@ -76,13 +76,13 @@ def test_sft_trains_into_a_run_folder(tmp_path, capsys):
     assert out.count("  sample: ") == 2
     folder = RunFolder(run)
     record = folder.stage("sft")
-    assert record.complete and record["step"] == 30 and record["config"]["d_model"] == 16
+    assert record.complete and record["step"] == 100 and record["config"]["d_model"] == 32
     assert record["commands"] == [f"python -m alignment_np sft --run {run} --preset tiny --log-every 10 --samples 2"]
-    assert [r["step"] for r in folder.metrics("sft")] == list(range(1, 31))
+    assert [r["step"] for r in folder.metrics("sft")] == list(range(1, 101))
     assert {"loss", "grad_norm", "lr"} <= set(folder.metrics("sft")[0])
     assert folder.results()["sft"]["eval_loss"] > 0
     model, tokenizer = load_model(folder.checkpoint("sft"))
-    assert model.config.d_model == 16 and tokenizer.vocab_size == model.config.vocab_size
+    assert model.config.d_model == 32 and tokenizer.vocab_size == model.config.vocab_size
 
 
 def test_sft_never_overwrites_a_run_without_resume_or_force(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_sft_never_overwrites_a_run_without_resume_or_force(tmp_path, capsys):
     assert main(["sft", "--run", str(run), *TINY]) == 0
     before = open(run / "sft.npz", "rb").read()
     code, _, err = run_main(["sft", "--run", run, *TINY, "--lr", "0.01"], capsys)
-    assert code == 1 and "already holds stage 'sft' (complete, step 30 of 30)" in err
+    assert code == 1 and "already holds stage 'sft' (complete, step 100 of 100)" in err
     assert open(run / "sft.npz", "rb").read() == before
     code, _, err = run_main(["sft", "--run", run, *TINY, "--force", "--seed", "1"], capsys)
     assert code == 0 and open(run / "sft.npz", "rb").read() != before
@@ -103,8 +103,8 @@ def test_sft_resume_keeps_the_stored_config_and_only_trains_longer_when_asked(tm
     code, out, _ = run_main(["sft", "--run", run, "--resume"], capsys)
     assert code == 0 and "is complete (step 10 of 10); nothing to do" in out
     assert SFTTrainer.resume(run / "sft.npz").step == 10
-    code, _, err = run_main(["sft", "--run", run, "--resume", "--d-model", "32"], capsys)
-    assert code == 1 and "--d-model: stage 'sft' of" in err and "was made with --d-model 16, got 32" in err
+    code, _, err = run_main(["sft", "--run", run, "--resume", "--d-model", "64"], capsys)
+    assert code == 1 and "--d-model: stage 'sft' of" in err and "was made with --d-model 32, got 64" in err
     code, out, _ = run_main(["sft", "--run", run, "--resume", "--steps", "14", "--log-every", "2"], capsys)
     assert code == 0 and "resumed" in out and "at step 10 of 14" in out and "step    12  loss" in out
     assert SFTTrainer.resume(run / "sft.npz").step == 14
@@ -177,7 +177,7 @@ def test_sft_stops_on_a_nan_loss_naming_the_step_and_keeps_finite_weights(tmp_pa
         (["--save-every", "-1"], r"--save-every: expected an int >= 0, got -1"),
         (["--log-every", "-2"], r"--log-every: expected an int >= 0, got -2"),
         (["--lr", "nan"], r"--lr: expected a finite number > 0, got nan"),
-        (["--n-head", "3"], r"--n-head: must divide d_model=16, got 3"),
+        (["--n-head", "3"], r"--n-head: must divide d_model=32, got 3"),
         (["--warmup-steps", "50", "--steps", "10"], r"--warmup-steps: expected <= steps=10, got 50"),
         (["--resume"], r"--resume: .* holds no stage 'sft' to resume"),
         (["--resume", "--force"], r"holds no stage 'sft' to resume|give one of them"),

@@ -9,5 +9,6 @@ stays fast and never needs an optional extra.
 # name -> module, in the order ``--help`` lists them (the pipeline's order).
 COMMANDS = {
     "sft": "sft",
+    "collect": "collect",
     "sample": "sampling",
 }

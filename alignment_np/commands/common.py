@@ -16,12 +16,15 @@ all of them, before any work starts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import time
 
 from ..backend import BACKENDS
 from ..checks import check_nonneg_int
 from ..runs import RunFolder, add_config_arguments, check_resume, explicit_values, load_config_file, resolve
+from ..runs.signals import Interrupted, stop_at_once
 
 __all__ = ["STAGES", "PRESETS", "add_run_arguments", "add_stage_config", "open_stage", "Stage", "say"]
 
@@ -33,9 +36,9 @@ STAGES = ("sft", "collect", "rm", "dpo", "eval", "ppo", "grpo", "rloo", "bon")
 PRESETS = {
     "default": {},
     "tiny": {
-        "sft": {"lines": 300, "eval_lines": 40, "d_model": 16, "n_layer": 1, "n_head": 2, "steps": 30,
-                "batch_size": 8, "warmup_steps": 5},
-        "collect": {"prompts": 48, "samples_per_prompt": 4, "eval_prompts": 16, "batch_size": 32},
+        "sft": {"lines": 300, "eval_lines": 40, "d_model": 32, "n_layer": 1, "n_head": 2, "steps": 100,
+                "batch_size": 8, "warmup_steps": 5, "lr": 0.01},
+        "collect": {"prompts": 48, "samples_per_prompt": 4, "heldout_prompts": 16, "batch_size": 64, "min_gap": 0.0},
         "rm": {"steps": 10, "batch_size": 8},
         "dpo": {"steps": 10, "batch_size": 8},
         "eval": {"samples": 32, "batch_size": 32},
@@ -102,6 +105,27 @@ class Stage:
         self.run.begin(self.name, dataclasses.asdict(self.config), inputs=self.inputs, resume=self.resume,
                        force=self.force, command=self.command, steps=self.steps)
 
+    @contextlib.contextmanager
+    def work_written_at_the_end(self):
+        """``begin()``, then the body with Ctrl-C / SIGTERM stopping at once (``runs.stop_at_once``).
+
+        For stages that write their output only when done (collect, eval):
+        a stop or an error leaves nothing half-written, and the stage is
+        recorded as interrupted or failed. Yields a dict; set its "step" to
+        what the record's step should say. The body records completion itself.
+        """
+        self.begin()
+        start, state = time.perf_counter(), {"step": 0}
+        try:
+            with stop_at_once():
+                yield state
+        except Interrupted:
+            self.run.finish(self.name, "interrupted", state["step"], time.perf_counter() - start)
+            raise
+        except BaseException:
+            self.run.finish(self.name, "failed", state["step"], time.perf_counter() - start)
+            raise
+
 
 def open_stage(args, name: str, cls, *, inputs=(), may_change=("steps",), steps_field: str | None = "steps",
                config_section: str | None = None, checkpointed: bool = True) -> Stage:
@@ -128,9 +152,11 @@ def open_stage(args, name: str, cls, *, inputs=(), may_change=("steps",), steps_
     force = bool(getattr(args, "force", False))
     record = run.stage(name)
     if record is not None and not (resume or force):
+        how = "continue it with --resume or start it again with --force" if hasattr(args, "resume") \
+            else "make it again with --force"
         raise ValueError(
             f"{run.path} already holds stage {name!r} ({record.get('status')}, step {record.get('step')} of "
-            f"{record.get('steps')}); continue it with --resume or start it again with --force"
+            f"{record.get('steps')}); {how}"
         )
     if resume and record is None:
         raise ValueError(f"--resume: {run.path} holds no stage {name!r} to resume")

@@ -13,12 +13,14 @@
 from .config import add_config_arguments, check_resume, explicit_values, load_config_file, resolve
 from .folder import RunFolder, StageRecord
 from .loop import Outcome, train_stage
-from .signals import StopRequest
+from .signals import Interrupted, StopRequest, stop_at_once
 
 __all__ = [
     "RunFolder",
     "StageRecord",
     "StopRequest",
+    "Interrupted",
+    "stop_at_once",
     "Outcome",
     "train_stage",
     "add_config_arguments",

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["StopRequest"]
+__all__ = ["StopRequest", "Interrupted", "stop_at_once"]
 
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 
@@ -76,3 +76,40 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_at_once`` when SIGINT or SIGTERM arrives; carries the exit status to return."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(f"{signal.Signals(self.signum).name}: stopped")
+
+
+class stop_at_once:
+    """For work whose output is written only at its end (collecting, evaluating): stop at once.
+
+    Inside, SIGINT and SIGTERM raise ``Interrupted`` wherever the program is;
+    nothing half-done is kept, because nothing was written yet (and what is
+    written is written atomically). Ctrl-C's usual KeyboardInterrupt becomes
+    ``Interrupted`` too, so one exception type says "the user stopped it".
+    """
+
+    def __enter__(self) -> "stop_at_once":
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in _SIGNALS:
+                self._previous[s] = signal.signal(s, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    def __exit__(self, exc_type, exc, tb):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        if exc_type is KeyboardInterrupt:
+            raise Interrupted(signal.SIGINT) from None
+        return False
