@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -125,17 +126,23 @@ def test_every_chapter_has_exercises_with_existing_solutions():
             assert (DOCS / "solutions" / name).is_file(), f"{page.name} names a missing solution {name}"
 
 
-def test_mkdocs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once with ``mkdocs build --strict`` for every test that reads it."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")
+    out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    site = tmp_path / "site"
-    assert (site / "index.html").is_file()
+    assert (out / "index.html").is_file()
+    return out
+
+
+def test_mkdocs_build_strict_renders_every_formula(site):
     # Every $...$ must have become a MathJax span: a dollar sign left in the
     # prose means arithmatex did not see the math (e.g. display math indented
     # inside a list item), and the reader would get raw LaTeX.
@@ -145,6 +152,89 @@ def test_mkdocs_build_strict(tmp_path):
                         r"<code>.*?</code>", r"<pre.*?</pre>", r"<script.*?</script>"):
             text = re.sub(pattern, "", text, flags=re.S)
         assert "$" not in text, f"unrendered math in {page.relative_to(site)}: ...{text[text.index('$') - 60:text.index('$') + 60]}..."
+
+
+# <link rel=...> values that name another page rather than load something into this one.
+_NAVIGATION_RELS = {"alternate", "author", "canonical", "help", "license", "next", "prev", "search"}
+_EXTERNAL = re.compile(r"^\s*(https?:)?//", re.I)  # http://, https:// and protocol-relative //host
+_CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+['"]([^'"]+)""", re.I)
+
+
+class _AssetCollector(HTMLParser):
+    """Everything a page makes the browser fetch: scripts, stylesheets, fonts, images, frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.assets = []  # (tag, url)
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = {name: value or "" for name, value in attrs}
+        if tag == "script" and attrs.get("src"):
+            self.assets.append(("script", attrs["src"]))
+        elif tag == "link" and attrs.get("href"):
+            rels = set(attrs.get("rel", "").lower().split())
+            if not rels or not rels <= _NAVIGATION_RELS:
+                self.assets.append((f"link rel={attrs.get('rel', '')}", attrs["href"]))
+        elif tag in ("img", "source", "iframe", "audio", "video", "embed", "track", "input") and attrs.get("src"):
+            self.assets.append((tag, attrs["src"]))
+        elif tag == "object" and attrs.get("data"):
+            self.assets.append((tag, attrs["data"]))
+        if attrs.get("srcset"):
+            self.assets += [(f"{tag} srcset", part.split()[0]) for part in attrs["srcset"].split(",") if part.strip()]
+        if attrs.get("style"):
+            self.assets += [(f"{tag} style", url) for url in _css_urls(attrs["style"])]
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.assets += [("style", url) for url in _css_urls(data)]
+
+
+def _css_urls(css):
+    return [first or second for first, second in _CSS_URL.findall(css)]
+
+
+def test_no_page_loads_anything_from_another_host(site):
+    """Offline, the site works: MathJax, its fonts and the theme's fonts are served by the site itself."""
+    pages = sorted(site.glob("**/*.html"))
+    stylesheets = sorted(site.glob("**/*.css"))
+    assert pages and stylesheets
+    external, local_scripts = [], set()
+    for page in pages:
+        collector = _AssetCollector()
+        collector.feed(page.read_text(encoding="utf-8"))
+        for tag, url in collector.assets:
+            if _EXTERNAL.match(url):
+                external.append(f"{page.relative_to(site)}: <{tag}> {url}")
+            elif tag == "script":
+                path = url.split("?")[0]  # 404.html links from the root: "/assets/..."
+                local_scripts.add(((site / path.lstrip("/")) if path.startswith("/") else (page.parent / path)).resolve())
+    for sheet in stylesheets:
+        for url in _css_urls(sheet.read_text(encoding="utf-8", errors="replace")):
+            if _EXTERNAL.match(url):
+                external.append(f"{sheet.relative_to(site)}: url({url})")
+    assert not external, "assets loaded from another host:\n" + "\n".join(sorted(set(external))[:20])
+    # The math is typeset by the vendored MathJax, which every page loads from the site.
+    mathjax = (site / "javascripts" / "mathjax" / "tex-chtml.js").resolve()
+    assert mathjax in local_scripts, "no page loads the vendored MathJax"
+    for script in local_scripts:
+        assert script.is_file(), f"a page loads {script}, which the build did not produce"
+
+
+def test_vendored_mathjax_has_every_font_it_asks_for(site):
+    """CommonHTML output fetches woff files next to tex-chtml.js; a missing one shows as boxes, silently."""
+    root = site / "javascripts" / "mathjax"
+    script = (root / "tex-chtml.js").read_text(encoding="utf-8")
+    fonts = set(re.findall(r"MathJax_[A-Za-z0-9]+-[A-Za-z]+\.woff", script))
+    assert len(fonts) > 10, "the font names were not found in tex-chtml.js; the pattern or the file changed"
+    folder = root / "output" / "chtml" / "fonts" / "woff-v2"
+    missing = sorted(name for name in fonts if not (folder / name).is_file())
+    assert not missing, f"fonts MathJax asks for but the site lacks: {missing}"
+    assert (root / "LICENSE").is_file() and (root / "VERSION.txt").is_file()
 
 
 # "Rafailov et al. 2023", "Press & Wolf 2017", "Bradley and Terry (1952", "Williams 1992";
