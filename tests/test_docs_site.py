@@ -152,6 +152,10 @@ def test_mkdocs_build_strict_renders_every_formula(site):
                         r"<code>.*?</code>", r"<pre.*?</pre>", r"<script.*?</script>"):
             text = re.sub(pattern, "", text, flags=re.S)
         assert "$" not in text, f"unrendered math in {page.relative_to(site)}: ...{text[text.index('$') - 60:text.index('$') + 60]}..."
+        # A bullet left at the start of a line of prose is a list the Markdown
+        # parser did not see (a continuation indented too little, a missing blank line).
+        broken = re.search(r"^\* .{0,60}", text, flags=re.M)
+        assert not broken, f"a broken list in {page.relative_to(site)}: {broken.group(0)}"
 
 
 # <link rel=...> values that name another page rather than load something into this one.
@@ -257,3 +261,48 @@ def test_every_citation_has_a_reference():
     assert "Rafailov et al. 2023" in cited, "the citation pattern no longer finds the course's citations"
     missing = {key: where for key, where in cited.items() if key not in references}
     assert not missing, f"cited but not in docs/references.md (first place cited): {missing}"
+
+
+# At 1280 pixels, with the navigation and the table of contents beside it, a
+# code block of the Material theme shows about 90 characters before it scrolls.
+CODE_LINE_LIMIT = 88
+FENCE = re.compile(r"^(`{3,}|~{3,})")
+
+
+def _code_lines(path):
+    """(line number, line) of every line inside a fenced code block of a Markdown page."""
+    inside, fence = False, ""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        opening = FENCE.match(line.lstrip())
+        if opening and (not inside or opening.group(1).startswith(fence)):
+            inside, fence = (not inside), opening.group(1)
+            continue
+        if inside:
+            yield number, line
+
+
+def test_code_blocks_of_the_course_fit_without_scrolling():
+    # The chapters (NN-*.md, today's and those to come) and the course's other pages.
+    pages = [p for p in _pages() if re.match(r"\d\d-", p.name)]
+    pages += [DOCS / name for name in ("index.md", "notation.md", "references.md", "glossary.md",
+                                       "further-reading.md", "solutions.md") if (DOCS / name).is_file()]
+    assert len(pages) >= 9
+    too_long = [f"{page.name}:{number} ({len(line)} characters): {line.strip()[:60]}..."
+                for page in pages for number, line in _code_lines(page) if len(line) > CODE_LINE_LIMIT]
+    assert not too_long, f"code lines over {CODE_LINE_LIMIT} characters:\n" + "\n".join(too_long)
+
+
+FILE_NAME = re.compile(r"[\w.-]+(?:/[\w.-]+)*\.(?:py|md|jsonl?|npz|png|yml|cfg|toml)\b")
+
+
+def test_file_names_in_tables_are_code_spans_that_do_not_break(site):
+    """A path in a table is a code span, and code spans in tables do not wrap mid-name."""
+    css = (DOCS / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    rule = re.search(r"\.md-typeset table:not\(\[class\]\) code\s*\{([^}]*)\}", css)
+    assert rule and "white-space: nowrap" in rule.group(1)
+    bare = []
+    for page in sorted(site.glob("**/index.html")):
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", page.read_text(encoding="utf-8"), flags=re.S):
+            outside_code = re.sub(r"<code>.*?</code>|<a [^>]*>|</a>|<[^>]+>", " ", cell, flags=re.S)
+            bare += [f"{page.parent.name}: {name}" for name in FILE_NAME.findall(outside_code)]
+    assert not bare, "file names in table cells outside a code span:\n" + "\n".join(bare[:20])
