@@ -305,7 +305,7 @@ def test_batch_drops_all_padding_columns_without_changing_logps():
     [
         ("beta", 0.0, "beta: expected a finite number > 0, got 0.0"),
         ("beta", float("nan"), "beta: expected a finite number > 0"),
-        ("loss_type", "kto", r"loss_type: expected one of \['hinge', 'ipo', 'robust', 'sigmoid'\], got 'kto'"),
+        ("loss_type", "kto", r"loss_type: expected one of \['hinge', 'ipo', 'orpo', 'robust', 'sigmoid', 'simpo'\], got 'kto'"),
         ("label_smoothing", 0.5, r"label_smoothing: expected a number in \[0, 0.5\), got 0.5"),
         ("lr", -1e-3, "lr: expected a finite number >= 0"),
         ("weight_decay", float("inf"), "weight_decay: expected a finite number >= 0"),
@@ -380,6 +380,276 @@ def test_bad_batches_and_indices_raise():
         trainer.train_step(list(batch.values()))
     with pytest.raises(ValueError, match=r"indices: expected a non-empty array of ints in \[0, 4\)"):
         data.batch([4])
-    with pytest.raises(TypeError, match="dataset: expected a PreferenceDataset"):
-        trainer.train(list(pairs[:4]))
+    with pytest.raises(ValueError, match="pairs: expected a non-empty list of preference pairs"):
+        trainer.train("pairs.jsonl", progress=False)
     assert isinstance(data, PreferenceDataset) and len(data) == 4
+
+
+# ---------------------------------------------------------------- SimPO, ORPO, averaging
+
+
+def test_average_logps_follows_each_loss_types_convention():
+    assert [DPOConfig(loss_type=t).averaged for t in ("sigmoid", "hinge", "robust", "ipo", "simpo", "orpo")] == [
+        False, False, False, True, True, True]
+    assert DPOConfig(loss_type="ipo", average_logps=False).averaged is False  # Azar et al.'s summed IPO
+    assert DPOConfig(loss_type="sigmoid", average_logps=True).averaged is True
+    # None is kept, so replacing the loss type does not carry another type's convention along
+    import dataclasses
+
+    assert dataclasses.replace(DPOConfig(), loss_type="ipo").averaged is True
+    for loss_type in ("simpo", "orpo"):
+        with pytest.raises(ValueError, match=f"average_logps: loss_type='{loss_type}' is defined on length-averaged"):
+            DPOConfig(loss_type=loss_type, average_logps=False)
+    with pytest.raises(ValueError, match="label_smoothing applies only to .* loss_type='orpo'"):
+        DPOConfig(loss_type="orpo", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="simpo_gamma: expected a finite number >= 0"):
+        DPOConfig(loss_type="simpo", simpo_gamma=-1.0)
+
+
+def test_ipo_sees_averaged_logps_in_the_policy_and_the_reference():
+    tok, pairs = corpus_pairs()
+    policy, reference = model(tok, seed=1, dtype="float64"), model(tok, dtype="float64")
+    trainer = trainer_for(policy, reference, tok, loss_type="ipo")
+    data = trainer.prepare(list(pairs[:6]))
+    averaged, _ = policy_logps_forward(reference, data.input_ids, data.attention_mask, data.loss_mask,
+                                       average=True, targets=data.targets)
+    np.testing.assert_allclose(data.ref_logps, averaged, rtol=1e-12)
+    metrics = trainer.evaluate(data)
+    pol, _ = policy_logps_forward(policy, data.input_ids, data.attention_mask, data.loss_mask,
+                                  average=True, targets=data.targets)
+    assert metrics["logps/chosen"] == pytest.approx(float(pol[:6].mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_reference_free_losses_never_run_a_reference(loss_type):
+    tok, pairs = corpus_pairs()
+    policy, reference = model(tok, seed=1), model(tok)
+    calls = counting(reference)
+    for ref in (None, reference):
+        trainer = trainer_for(policy, ref, tok, loss_type=loss_type, beta=2.0 if loss_type == "simpo" else 0.1,
+                              batch_size=4, steps=2)
+        data = trainer.prepare(list(pairs[:8]))
+        assert data.ref_logps is None and "ref_chosen_logps" not in data.batch(np.arange(2))
+        trainer.train(data, progress=False)
+        trainer.evaluate(data)
+    assert calls == {"forward": [], "backward": []}
+
+
+def test_a_reference_is_required_for_the_dpo_family():
+    tok, _ = corpus_pairs()
+    with pytest.raises(ValueError, match="reference: loss_type='sigmoid' compares the policy with a frozen reference"):
+        DPOLMTrainer(model(tok), None, tok)
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_simpo_and_orpo_metrics_follow_trl(loss_type):
+    tok, pairs = corpus_pairs()
+    beta = 2.0 if loss_type == "simpo" else 0.25
+    trainer = trainer_for(model(tok, seed=1, dtype="float64"), None, tok, loss_type=loss_type, beta=beta,
+                          simpo_gamma=0.7)
+    data = trainer.prepare(list(pairs[:10]))
+    metrics = trainer.train_step(data.batch(np.arange(10)))
+    names = TRL_NAMES | {"grad_norm"} | ({"nll_loss", "log_odds_ratio", "log_odds_chosen"} if loss_type == "orpo" else set())
+    assert set(metrics) == names
+    assert metrics["rewards/chosen"] == pytest.approx(beta * metrics["logps/chosen"], rel=1e-12)
+    assert metrics["rewards/margins"] == pytest.approx(metrics["rewards/chosen"] - metrics["rewards/rejected"], abs=1e-12)
+    if loss_type == "orpo":
+        assert metrics["nll_loss"] == pytest.approx(-metrics["logps/chosen"], rel=1e-12)
+        assert metrics["loss"] == pytest.approx(metrics["nll_loss"] - beta * metrics["log_odds_ratio"], rel=1e-12)
+    else:  # SimPO's loss at the margin: -log sigmoid(beta (avg_c - avg_r) - gamma), averaged over pairs
+        assert metrics["loss"] > 0
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**31 - 1), loss=st.sampled_from(["simpo", "orpo"]), beta=st.floats(0.1, 2.5),
+       label_smoothing=st.sampled_from([0.0, 0.2]))
+def test_simpo_and_orpo_steps_match_finite_differences(seed, loss, beta, label_smoothing):
+    """Through the whole model: the gradient of a SimPO or ORPO step equals central
+    differences of the batch loss on a few entries of every parameter tensor (float64)."""
+    tok, pairs = corpus_pairs()
+    rng = np.random.default_rng(seed)
+    policy = generic_model(tok, 1)
+    trainer = trainer_for(policy, None, tok, loss_type=loss, beta=beta,
+                          label_smoothing=label_smoothing if loss == "simpo" else 0.0)
+    data = trainer.prepare([pairs[i] for i in rng.choice(len(pairs), 2, replace=False)])
+    batch = data.batch(np.arange(2))
+    trainer.compute_gradients(batch)
+
+    def loss_value():
+        logps, _ = policy_logps_forward(policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                        True, targets=batch["targets"])
+        return trainer.loss(logps)[0]["loss"]
+
+    for name, p in policy.named_parameters():
+        flat = p.data.reshape(-1)
+        nonzero = np.flatnonzero(p.grad)
+        if nonzero.size == 0:
+            continue  # value and reward heads: not on the log-prob path
+        ids = np.union1d(rng.choice(nonzero, min(2, nonzero.size), replace=False),
+                         rng.choice(flat.size, min(2, flat.size), replace=False))
+        original = flat[ids].copy()
+
+        def f(values, flat=flat, ids=ids):
+            flat[ids] = values
+            return loss_value()
+
+        try:
+            check_gradients(f, [original], [p.grad.reshape(-1)[ids]], tol=1e-6, names=[name])
+        finally:
+            flat[ids] = original
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo", "ipo"])
+def test_a_step_matches_torch_autograd_through_the_model(loss_type):
+    """The loss and every parameter gradient of one step, against the same computation in torch."""
+    torch = pytest.importorskip("torch")
+    from test_torch_crosscheck import assert_same_gradients, torch_gpt
+
+    tok, pairs = corpus_pairs()
+    policy, reference = generic_model(tok, 2), generic_model(tok, 5)
+    beta, gamma = (2.0, 0.6) if loss_type == "simpo" else (0.3, 0.5)
+    trainer = trainer_for(policy, None if loss_type != "ipo" else reference, tok, loss_type=loss_type, beta=beta,
+                          simpo_gamma=gamma)
+    data = trainer.prepare(list(pairs[:3]))
+    batch = data.batch(np.arange(3))
+    metrics = trainer.compute_gradients(batch)
+
+    params = {n: torch.tensor(p.data, requires_grad=True) for n, p in policy.named_parameters()}
+    logits = torch_gpt(params, policy.config, batch["input_ids"], batch["attention_mask"], ("logits",))["logits"]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, torch.as_tensor(batch["targets"])[..., None])[..., 0]
+    mask = torch.as_tensor(batch["loss_mask"], dtype=torch.float64)
+    avg = (logp * mask).sum(-1) / mask.sum(-1)  # (2B,) length-averaged
+    c, r = avg[:3], avg[3:]
+    F = torch.nn.functional
+    if loss_type == "simpo":  # Meng et al. 2024, Eq. 6
+        t_loss = -F.logsigmoid(beta * (c - r) - gamma).mean()
+    elif loss_type == "orpo":  # Hong et al. 2024, Eq. 6-7
+        log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        t_loss = (-c - beta * F.logsigmoid(log_odds)).mean()
+    else:  # IPO on averaged log-probs (TRL), Azar et al. 2023, Eq. 17
+        ref = torch.as_tensor(data.ref_logps)
+        h = (c - ref[:3]) - (r - ref[3:])
+        t_loss = ((h - 1 / (2 * beta)) ** 2).mean()
+    t_loss.backward()
+    assert metrics["loss"] == pytest.approx(t_loss.item(), rel=1e-10)
+    assert_same_gradients(policy, params)
+
+
+@pytest.mark.parametrize("loss_type, beta", [("simpo", 2.0), ("orpo", 0.5)])
+def test_simpo_and_orpo_learn_the_preference_on_held_out_pairs(loss_type, beta):
+    tok, pairs = corpus_pairs()
+    train = list(pairs[:400])
+    seen = set(train)
+    held_out = [p for p in pairs[400:] if p not in seen][:200]
+    policy, _ = model(tok), None
+    trainer = trainer_for(policy, None, tok, loss_type=loss_type, beta=beta, lr=1e-2, steps=40, batch_size=16)
+    test_data = trainer.prepare(held_out)
+    before = trainer.evaluate(test_data)
+    trainer.train(train, progress=False)
+    after = trainer.evaluate(test_data)
+    n = test_data.n_pairs
+    assert after["rewards/accuracies"] > 0.5 + 3.09 * 0.5 / math.sqrt(n)
+    assert after["rewards/margins"] > before["rewards/margins"]
+    assert after["loss"] < before["loss"]
+
+
+# ---------------------------------------------------------------- a reference that is the policy in disguise
+
+
+def test_a_reference_sharing_a_parameter_or_memory_with_the_policy_is_refused():
+    tok, _ = corpus_pairs()
+    policy = model(tok)
+    shared_parameter = model(tok)
+    shared_parameter.blocks[0].attn.w_qkv = policy.blocks[0].attn.w_qkv
+    with pytest.raises(ValueError, match="reference: its parameter 'blocks.0.attn.w_qkv' is the policy's parameter"):
+        DPOLMTrainer(policy, shared_parameter, tok)
+    shared_memory = model(tok)
+    shared_memory.wte.data = policy.wte.data[:]  # a view: another array object, the same memory
+    with pytest.raises(ValueError, match="reference: its parameter 'wte' shares memory with the policy's 'wte'"):
+        DPOLMTrainer(policy, shared_memory, tok)
+    for loss_type in ("simpo", "orpo"):  # refused even where the reference would never run
+        with pytest.raises(ValueError, match="shares memory"):
+            DPOLMTrainer(policy, shared_memory, tok, DPOConfig(loss_type=loss_type))
+    copy = model(tok)
+    copy.load_state_dict(policy.state_dict())
+    DPOLMTrainer(policy, copy, tok)  # equal values in separate memory: fine
+
+
+# ---------------------------------------------------------------- protocol: train, resume, NaN
+
+
+def assert_same_state(a, b):
+    for (name, p), (_, q) in zip(a.policy.named_parameters(), b.policy.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    assert a.step == b.step and a.order.state() == b.order.state()
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
+@pytest.mark.parametrize("k", [2, 5])  # 14 pairs in batches of 4: step 5 stops mid-epoch
+def test_k_steps_save_resume_n_minus_k_equals_n_steps_straight(tmp_path, loss_type, k):
+    tok, pairs = corpus_pairs()
+    reference = None if loss_type == "orpo" else model(tok, seed=4)
+    config = DPOConfig(loss_type=loss_type, steps=8, batch_size=4, lr=3e-3, seed=2)
+
+    def fresh():
+        return DPOLMTrainer(model(tok, seed=1), reference, tok, config)
+
+    data = list(pairs[:14])
+    straight = fresh()
+    history = straight.train(data, progress=False)
+    first = fresh()
+    first_history = first.train(data, steps=k, progress=False)
+    first.metadata["pairs"] = "prefs.jsonl"
+    first.save(tmp_path / "dpo.npz")
+    resumed = DPOLMTrainer.resume(tmp_path / "dpo.npz", reference=reference)
+    assert resumed.step == k and resumed.config == config and resumed.metadata == {"pairs": "prefs.jsonl"}
+    rest = resumed.train(data, progress=False)
+    assert_same_state(straight, resumed)
+    assert first_history["loss"] + rest["loss"] == history["loss"]
+    assert history["step"] == list(range(1, 9))
+
+
+def test_resume_refuses_another_reference_and_other_checkpoints(tmp_path):
+    tok, pairs = corpus_pairs()
+    trainer = trainer_for(model(tok, seed=1), model(tok, seed=4), tok, batch_size=4)
+    trainer.train(list(pairs[:8]), steps=1, progress=False)
+    trainer.save(tmp_path / "dpo.npz")
+    with pytest.raises(ValueError, match="reference: its weights differ from those the run .* was trained against"):
+        DPOLMTrainer.resume(tmp_path / "dpo.npz", reference=model(tok, seed=5))
+    with pytest.raises(ValueError, match="reference: loss_type='sigmoid' compares the policy"):
+        DPOLMTrainer.resume(tmp_path / "dpo.npz")
+    from alignment_np.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "plain.npz", model(tok), tokenizer=tok)
+    with pytest.raises(ValueError, match="plain.npz: not a DPO checkpoint"):
+        DPOLMTrainer.resume(tmp_path / "plain.npz", reference=model(tok))
+
+
+def test_a_nan_stops_before_the_update_naming_the_step():
+    from alignment_np.checks import NonFiniteLossError
+
+    tok, pairs = corpus_pairs()
+    policy = model(tok, seed=1)
+    trainer = trainer_for(policy, model(tok), tok, batch_size=4)
+    data = trainer.prepare(list(pairs[:8]))
+    trainer.train_step(data.batch(np.arange(4)))
+    policy.ln_f.gamma.data[0] = np.nan
+    before = {n: p.data.copy() for n, p in policy.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="step 2: logps is nan"):
+        trainer.train_step(data.batch(np.arange(4)))
+    for name, p in policy.named_parameters():
+        np.testing.assert_array_equal(p.data, before[name], err_msg=name)
+    assert trainer.step == 1
+
+
+def test_the_callback_can_stop_training_and_progress_can_be_silenced(capsys):
+    tok, pairs = corpus_pairs()
+    trainer = trainer_for(model(tok, seed=1), model(tok), tok, batch_size=4, steps=10)
+    history = trainer.train(list(pairs[:12]), progress=False, callback=lambda step, m: step == 3)
+    assert trainer.step == 3 and history["step"] == [1, 2, 3]
+    assert capsys.readouterr().err == ""
+    assert len(trainer.train(list(pairs[:12]), progress=False)["step"]) == 7  # up to config.steps
