@@ -126,7 +126,7 @@ def dpo_section(seed: int) -> dict:
     before = trainer.evaluate(test_data)
     sentiment_before = sampled_sentiment(reference, tokenizer, seed)
     t0 = time.perf_counter()
-    trainer.train(train_data)
+    trainer.train(train_data, progress=False)
     dpo_seconds = time.perf_counter() - t0
     after = trainer.evaluate(test_data)
     sentiment_after = sampled_sentiment(policy, tokenizer, seed)
