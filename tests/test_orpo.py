@@ -18,13 +18,13 @@ def avg_logps(min_size=1, max_size=8):
     return st.lists(st.floats(1e-3, 6.0), min_size=min_size, max_size=max_size).map(lambda m: -np.array(m))
 
 
-def slow_orpo(a, b, lam):
+def slow_orpo(a, b, alpha):
     """One pair at a time, straight from Hong et al. 2024, Eq. 2, 6, 7 (math, float64)."""
     out = []
     for x, y in zip(a, b):
         log_odds = lambda p: p - math.log(1.0 - math.exp(p))  # log(P / (1 - P)), P = e^p
         z = log_odds(x) - log_odds(y)
-        out.append(-x - lam * -math.log1p(math.exp(-z)))  # L_SFT + lam * L_OR, -log sigmoid z = log(1 + e^-z)
+        out.append(-x - alpha * -math.log1p(math.exp(-z)))  # L_SFT + alpha * L_OR, -log sigmoid z = log(1 + e^-z)
     return np.array(out)
 
 
@@ -32,10 +32,10 @@ def slow_orpo(a, b, lam):
 
 
 @given(st.integers(1, 6).flatmap(lambda n: st.tuples(avg_logps(n, n), avg_logps(n, n))), st.floats(0.0, 2.0))
-def test_loss_matches_the_pair_by_pair_formula(ab, lam):
+def test_loss_matches_the_pair_by_pair_formula(ab, alpha):
     a, b = ab
-    losses, _, _, parts = orpo_loss(a, b, lam)
-    np.testing.assert_allclose(losses, slow_orpo(a, b, lam), rtol=1e-10, atol=1e-12)
+    losses, _, _, parts = orpo_loss(a, b, alpha)
+    np.testing.assert_allclose(losses, slow_orpo(a, b, alpha), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(parts["nll_loss"], -a)
     np.testing.assert_allclose(parts["log_odds_ratio"], -np.log1p(np.exp(-parts["log_odds_chosen"])), rtol=1e-10)
 
@@ -66,10 +66,10 @@ def test_log1mexp_at_the_extremes_in_float32():
 
 
 @given(st.integers(1, 6).flatmap(lambda n: st.tuples(avg_logps(n, n), avg_logps(n, n))), st.floats(0.0, 2.0))
-def test_gradient_matches_finite_differences(ab, lam):
+def test_gradient_matches_finite_differences(ab, alpha):
     a, b = ab
-    _, grad_a, grad_b, _ = orpo_loss(a, b, lam)
-    mean_loss = lambda x, y: orpo_loss(x, y, lam)[0].mean()
+    _, grad_a, grad_b, _ = orpo_loss(a, b, alpha)
+    mean_loss = lambda x, y: orpo_loss(x, y, alpha)[0].mean()
     # the finite-difference step must not cross 0: keep it well inside the negative side
     check_gradients(mean_loss, [a, b], [grad_a, grad_b], h=1e-7, tol=1e-6, names=["chosen", "rejected"])
 
@@ -80,12 +80,12 @@ def test_loss_and_gradient_match_torch_autograd():
     rng = np.random.default_rng(0)
     a = -rng.uniform(1e-3, 5.0, 16)
     b = -rng.uniform(1e-3, 5.0, 16)
-    lam = 0.3
-    losses, grad_a, grad_b, parts = orpo_loss(a, b, lam)
+    alpha = 0.3
+    losses, grad_a, grad_b, parts = orpo_loss(a, b, alpha)
     ta, tb = (torch.tensor(x, requires_grad=True) for x in (a, b))
     # TRL's ORPOTrainer.odds_ratio_loss, written with log1p(-exp(.)), plus the per-response NLL
     log_odds = (ta - tb) - (torch.log1p(-torch.exp(ta)) - torch.log1p(-torch.exp(tb)))
-    t_losses = -ta - lam * torch.nn.functional.logsigmoid(log_odds)
+    t_losses = -ta - alpha * torch.nn.functional.logsigmoid(log_odds)
     t_losses.mean().backward()
     np.testing.assert_allclose(losses, t_losses.detach().numpy(), rtol=1e-10)
     np.testing.assert_allclose(parts["log_odds_chosen"], log_odds.detach().numpy(), rtol=1e-10)
@@ -98,7 +98,7 @@ def test_loss_and_gradient_match_torch_autograd():
 
 def test_extreme_inputs_give_finite_limits_not_nan():
     # a = 0 (the chosen response has probability 1): infinite odds, zero odds-ratio loss,
-    # and the gradient's finite limit -1 - lam * e^(b - a) / (1 - e^b), not inf * 0.
+    # and the gradient's finite limit -1 - alpha * e^(b - a) / (1 - e^b), not inf * 0.
     a = np.array([0.0, -1e-3, -0.1, -80.0], dtype=np.float32)
     b = np.array([-0.5, -1e4, -90.0, -1e-3], dtype=np.float32)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
@@ -126,16 +126,16 @@ def test_dtype_follows_the_inputs():
 
 
 @pytest.mark.parametrize(
-    "a, b, lam, match",
+    "a, b, alpha, match",
     [
         (np.array([-0.1, np.nan]), np.array([-0.1, -0.2]), 0.1, r"chosen_logps: expected finite values, got nan at index \(1,\)"),
         (np.array([-0.1]), np.array([0.5]), 0.1, "rejected_logps: expected log-probabilities <= 0, got a maximum of 0.5"),
         (np.array([-0.1]), np.array([-0.1, -0.2]), 0.1, r"expected equal shapes \(B,\), got \(1,\) and \(2,\)"),
         (np.array([[-0.1]]), np.array([[-0.1]]), 0.1, r"chosen_logps: expected a non-empty \(B,\) float array"),
         (np.array([-1, -2]), np.array([-1.0, -2.0]), 0.1, r"chosen_logps: expected a non-empty \(B,\) float array"),
-        (np.array([-0.1]), np.array([-0.2]), -1.0, "lam: expected a finite number >= 0, got -1.0"),
+        (np.array([-0.1]), np.array([-0.2]), -1.0, "alpha: expected a finite number >= 0, got -1.0"),
     ],
 )
-def test_bad_inputs_name_the_argument(a, b, lam, match):
+def test_bad_inputs_name_the_argument(a, b, alpha, match):
     with pytest.raises(ValueError, match=match):
-        orpo_loss(a, b, lam)
+        orpo_loss(a, b, alpha)

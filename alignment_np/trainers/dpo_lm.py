@@ -32,10 +32,11 @@ sigmoid    DPO, Rafailov et al. 2023, Eq. 7             summed          yes
 ipo        IPO, Azar et al. 2023, Eq. 17                averaged (TRL)  yes
 hinge      SLiC-HF as TRL adapts it, Zhao et al. 2023   summed          yes
 robust     rDPO, Chowdhury et al. 2024                  summed          yes
-simpo      SimPO, Meng et al. 2024, Eq. 6 (margin       averaged        no
-           ``simpo_gamma``)
+simpo      SimPO, Meng et al. 2024, Eq. 6 (margin mu,   averaged        no
+           their gamma: ``simpo_gamma``)
 orpo       ORPO, Hong et al. 2024, Eq. 6: NLL of the    averaged        no
-           chosen response + beta * odds-ratio loss
+           chosen response + alpha * odds-ratio loss
+           (alpha, their lambda: ``beta``, as in TRL)
 =========  ===========================================  ==============  ============
 
 Summed or averaged. ``DPOConfig.average_logps`` left at None follows each
@@ -123,20 +124,20 @@ class DPOConfig:
     beta: float = 0.1
     """> 0. DPO family: strength of the implicit KL constraint to the reference;
     the implicit reward is beta * (log pi - log ref) (TRL default 0.1). SimPO:
-    the reward scale (the paper uses 2 to 2.5). ORPO: lambda, the weight of the
-    odds-ratio term (TRL's ORPOConfig calls it beta too; default 0.1)."""
+    the reward scale (the paper uses 2 to 2.5). ORPO: alpha (the paper's lambda),
+    the weight of the odds-ratio term (TRL's ORPOConfig calls it beta too; default 0.1)."""
 
     loss_type: str = "sigmoid"
     """'sigmoid' (DPO), 'ipo', 'hinge' (SLiC), 'robust' (rDPO), 'simpo' or 'orpo':
     see the module docstring and ``losses/dpo.py``, ``losses/orpo.py``."""
 
     label_smoothing: float = 0.0
-    """In [0, 0.5): the assumed rate of flipped labels (conservative DPO, robust
+    """eta in [0, 0.5): the assumed label-flip rate (conservative DPO, robust
     DPO, SimPO); refused for loss types that ignore it."""
 
     simpo_gamma: float = 0.5
-    """SimPO's target reward margin gamma >= 0 (Meng et al. 2024, Eq. 6; TRL's name
-    and default). Used only by loss_type 'simpo'."""
+    """SimPO's target reward margin mu >= 0 (the paper's gamma, Meng et al. 2024,
+    Eq. 6; TRL's name and default). Used only by loss_type 'simpo'."""
 
     lr: float = 1e-3
     """AdamW learning rate. Large models use ~5e-7; a tiny GPT trained from a

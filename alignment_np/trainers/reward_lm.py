@@ -15,7 +15,7 @@ One step, on the path of data of DESIGN.md::
     chosen rows 0..B-1 and rejected rows B..2B-1: ONE forward of 2B rows
     model.forward(ids, mask, heads=("rewards",)) -> r (2B,), read at each row's last real token
     loss = -mean log sigmoid(r_c - r_r)                           Ouyang et al. 2022, Eq. 1
-           [+ c * mean((r_c + r_r)^2)]                            optional centring, Eisenstein et al. 2023
+           [+ alpha * mean((r_c + r_r)^2)]                        optional centring, Eisenstein et al. 2023
     d loss / d r (2B,) -> model.backward({"rewards": ...}) -> clip -> AdamW
 
 The centring term (TRL's ``center_rewards_coefficient``) pins the rewards'
@@ -92,8 +92,8 @@ class RewardLMConfig:
     """Clip the global gradient norm to this value; None never clips (the norm is still logged)."""
 
     center_rewards_coefficient: float | None = None
-    """c >= 0 in c * mean((r_c + r_r)^2), which keeps the rewards centred on 0
-    (Eisenstein et al. 2023; TRL's name). None: no centring term."""
+    """alpha >= 0 in alpha * mean((r_c + r_r)^2), an auxiliary term that keeps the
+    rewards centred on 0 (Eisenstein et al. 2023; TRL's name). None: no centring term."""
 
     eval_batch_size: int = 64
     """Rows per forward pass in ``evaluate`` and ``score`` (forward only)."""
@@ -194,11 +194,11 @@ def pairwise_reward_loss(rewards, center_rewards_coefficient: float | None = Non
     """The Bradley-Terry loss of 2B rewards (chosen first), its gradient and its metrics.
 
     rewards: (2B,) float, r_c = rewards[:B], r_r = rewards[B:].
-    center_rewards_coefficient: c >= 0 or None; adds c * mean((r_c + r_r)^2).
+    center_rewards_coefficient: alpha >= 0 or None; adds alpha * mean((r_c + r_r)^2).
 
     Returns (loss float, d_rewards (2B,) in the rewards' dtype, metrics dict):
-        d loss / d r_c = -sigmoid(-(r_c - r_r)) / B + 2 c (r_c + r_r) / B
-        d loss / d r_r = +sigmoid(-(r_c - r_r)) / B + 2 c (r_c + r_r) / B
+        d loss / d r_c = -sigma(-(r_c - r_r)) / B + 2 alpha (r_c + r_r) / B
+        d loss / d r_r = +sigma(-(r_c - r_r)) / B + 2 alpha (r_c + r_r) / B
     metrics: loss, accuracy, margin, min_reward, mean_reward, max_reward.
     """
     xp = get_array_module(rewards)
@@ -206,10 +206,10 @@ def pairwise_reward_loss(rewards, center_rewards_coefficient: float | None = Non
     r_c, r_r = rewards[:b], rewards[b:]
     loss, g_c, g_r = reward_model_loss(r_c, r_r)  # Bradley-Terry, Ouyang et al. 2022 Eq. 1
     if center_rewards_coefficient:
-        c = center_rewards_coefficient
+        alpha = center_rewards_coefficient
         s = r_c + r_r  # (B,)
-        loss += c * float((s * s).mean())
-        d_center = s * (2.0 * c / b)  # a Python float: the dtype stays the rewards'
+        loss += alpha * float((s * s).mean())
+        d_center = s * (2.0 * alpha / b)  # a Python float: the dtype stays the rewards'
         g_c = g_c + d_center
         g_r = g_r + d_center
     metrics = {
