@@ -61,6 +61,9 @@ def _teardown(namespace: dict) -> None:
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser()],
     patterns=["*.md"],
+    # solutions.md only includes the solution files (snippets), which pytest
+    # runs as the test files they are.
+    excludes=["solutions.md"],
     setup=_setup,
     teardown=_teardown,
 ).pytest()

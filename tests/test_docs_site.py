@@ -114,16 +114,40 @@ def test_nav_lists_existing_pages_and_every_chapter():
     assert not missing, f"pages not in the mkdocs.yml nav: {missing}"
 
 
+SOLUTION_LINK = re.compile(r"\[`docs/solutions/(test_ch\d\d_\w+)\.py`\]\(solutions\.md#(test_ch\d\d_\w+)\)")
+
+
 def test_every_chapter_has_exercises_with_existing_solutions():
     for page in _pages():
         if not re.match(r"\d\d-", page.name):
             continue
         text = page.read_text(encoding="utf-8")
         assert "## Exercises" in text, f"{page.name} has no Exercises section"
-        solutions = re.findall(r"`docs/solutions/(test_ch\d\d_\w+\.py)`", text)
-        assert solutions, f"{page.name} names no solution file"
-        for name in solutions:
-            assert (DOCS / "solutions" / name).is_file(), f"{page.name} names a missing solution {name}"
+        links = SOLUTION_LINK.findall(text)
+        assert links, f"{page.name} links to no solution (\"[`docs/solutions/test_chNN_x.py`](solutions.md#test_chNN_x)\")"
+        for stem, anchor in links:
+            assert stem == anchor, f"{page.name}: the link to {stem}.py points at #{anchor}"
+            assert (DOCS / "solutions" / f"{stem}.py").is_file(), f"{page.name} names a missing solution {stem}.py"
+
+
+def test_every_solution_is_on_the_solutions_page_under_its_anchor():
+    text = (DOCS / "solutions.md").read_text(encoding="utf-8")
+    files = sorted((DOCS / "solutions").glob("test_ch*.py"))
+    assert files
+    for path in files:
+        assert f"{{#{path.stem}}}" in text, f"solutions.md has no heading with the anchor #{path.stem}"
+        assert f'--8<-- "solutions/{path.name}"' in text, f"solutions.md does not include {path.name}"
+
+
+def test_the_site_shows_each_solutions_code(site):
+    """The snippets really were included: each solution's own test names are on the built page."""
+    page = (site / "solutions" / "index.html").read_text(encoding="utf-8")
+    for path in sorted((DOCS / "solutions").glob("test_ch*.py")):
+        assert f'id="{path.stem}"' in page, f"no anchor #{path.stem} on the built solutions page"
+        tests = re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M)
+        assert tests, f"{path.name} defines no test"
+        for name in tests:
+            assert name in page, f"{path.name}'s {name} is not on the built solutions page"
 
 
 @pytest.fixture(scope="module")
