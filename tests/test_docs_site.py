@@ -19,17 +19,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FIGURE_SCRIPT = DOCS / "figures" / "make_figures.py"
+# Each script that draws pictures for the course, and the name of its {file name: drawer} table.
+FIGURE_SCRIPTS = {"make_figures.py": "FIGURES", "make_diagrams.py": "DIAGRAMS"}
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_figure_script():
-    spec = importlib.util.spec_from_file_location("make_figures", FIGURE_SCRIPT)
+def _load_figure_script(name):
+    spec = importlib.util.spec_from_file_location(name[:-3], DOCS / "figures" / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _drawn_by(name, module):
+    return getattr(module, FIGURE_SCRIPTS[name])
 
 
 def _pages():
@@ -42,40 +47,50 @@ def _image_links():
 
 
 @pytest.fixture(scope="module")
-def figure_script():
+def figure_scripts():
     pytest.importorskip("matplotlib")
-    return _load_figure_script()
+    return {name: _load_figure_script(name) for name in FIGURE_SCRIPTS}
 
 
-def test_figure_script_writes_every_figure(figure_script, tmp_path):
-    written = figure_script.main(["--out", str(tmp_path)])
-    assert sorted(Path(p).name for p in written) == sorted(figure_script.FIGURES)
-    for name in figure_script.FIGURES:
-        data = (tmp_path / name).read_bytes()
-        assert data.startswith(PNG_SIGNATURE), f"{name} is not a PNG"
-        assert len(data) > 10_000, f"{name} is suspiciously small ({len(data)} bytes)"
+@pytest.mark.parametrize("name", sorted(FIGURE_SCRIPTS))
+def test_figure_script_writes_every_figure(figure_scripts, name, tmp_path):
+    script = figure_scripts[name]
+    written = script.main(["--out", str(tmp_path)])
+    assert sorted(Path(p).name for p in written) == sorted(_drawn_by(name, script))
+    for figure in _drawn_by(name, script):
+        data = (tmp_path / figure).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), f"{figure} is not a PNG"
+        assert len(data) > 10_000, f"{figure} is suspiciously small ({len(data)} bytes)"
 
 
-def test_figure_script_runs_as_a_command(tmp_path):
+@pytest.mark.parametrize("name", sorted(FIGURE_SCRIPTS))
+def test_figure_script_runs_as_a_command(name, tmp_path):
     pytest.importorskip("matplotlib")
     # The repository root on PYTHONPATH: the script must work from a checkout
     # even where the package is not pip-installed.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
-        [sys.executable, str(FIGURE_SCRIPT), "--out", str(tmp_path)],
+        [sys.executable, str(DOCS / "figures" / name), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(_load_figure_script().FIGURES)
+    expected = _drawn_by(name, _load_figure_script(name))
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(expected)
 
 
-def test_every_figure_shown_is_made_by_the_script_and_committed(figure_script):
+def test_every_figure_shown_is_made_by_a_script_and_committed(figure_scripts):
     shown = {target for _, target in _image_links() if target.startswith("figures/")}
     assert shown, "no page shows a figure; the pattern or the pages changed"
-    made = {f"figures/{name}" for name in figure_script.FIGURES}
-    assert shown <= made, f"figures shown but not drawn by make_figures.py: {sorted(shown - made)}"
+    made = {f"figures/{figure}" for name, script in figure_scripts.items() for figure in _drawn_by(name, script)}
+    assert shown <= made, f"figures shown but drawn by no script in docs/figures: {sorted(shown - made)}"
     for target in shown:
-        assert (DOCS / target).is_file(), f"{target} is missing: run python docs/figures/make_figures.py"
+        assert (DOCS / target).is_file(), f"{target} is missing: run the scripts in docs/figures"
+
+
+def test_every_diagram_is_shown_in_a_chapter(figure_scripts):
+    shown = {target for page, target in _image_links() if re.match(r"\d\d-", page.name)}
+    for figure in _drawn_by("make_diagrams.py", figure_scripts["make_diagrams.py"]):
+        assert f"figures/{figure}" in shown, f"{figure} is drawn but no chapter shows it"
 
 
 def test_every_image_link_resolves():
