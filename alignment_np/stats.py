@@ -56,8 +56,11 @@ class Estimate(NamedTuple):
         return f"{self.mean:.4g} ± {self.se:.2g} (n={self.n})"
 
     def as_dict(self, name: str) -> dict:
-        """``{name: mean, name + "_se": se}``: flat, JSON-ready, for metrics files and reports."""
-        return {name: self.mean, f"{name}_se": self.se}
+        """``{name: mean, name + "_se": se}``: flat, JSON-ready, for metrics files and reports.
+
+        An undefined SE (nan, from a single value) becomes None: JSON has no NaN.
+        """
+        return {name: self.mean, f"{name}_se": None if math.isnan(self.se) else self.se}
 
 
 def _vector(name: str, x) -> np.ndarray:

@@ -116,6 +116,7 @@ def test_known_values():
     assert paired_difference([3, 5], [1, 2]).mean == 2.5
     assert str(Estimate(0.123456, 0.01, 10)) == "0.1235 ± 0.01 (n=10)"
     assert Estimate(0.5, 0.1, 3).as_dict("win_rate") == {"win_rate": 0.5, "win_rate_se": 0.1}
+    assert mean_se([0.5]).as_dict("kl") == {"kl": 0.5, "kl_se": None}  # JSON has no NaN
 
 
 def test_undefined_quantities_are_nan_not_zero():

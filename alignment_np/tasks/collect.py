@@ -156,6 +156,8 @@ def sample_completions(
         logps        (M,) float64: sum of the sampled tokens' log-probs (at
                      ``temperature``), <eos> included when emitted
         lengths      (M,) int64: number of sampled tokens, <eos> included
+        tokens       list[list[int]] (M,): the sampled ids, <eos> included
+                     when emitted (what the text cannot always say)
     """
     max_new_tokens, batch_size, temperature = _check_common(
         policy, tokenizer, prompts, max_new_tokens, batch_size, temperature
@@ -164,7 +166,7 @@ def sample_completions(
     eos = tokenizer.eos_id
     special = set(getattr(tokenizer, "special_ids", (tokenizer.pad_id, tokenizer.bos_id, eos)))
     m = len(prompts)
-    completions, finished, valid = [], np.zeros(m, bool), np.zeros(m, bool)
+    completions, tokens, finished, valid = [], [], np.zeros(m, bool), np.zeros(m, bool)
     logps, lengths = np.zeros(m, np.float64), np.zeros(m, np.int64)
     bar = Progress(total=math.ceil(m / batch_size), desc=desc, enabled=progress)
     try:
@@ -186,10 +188,12 @@ def sample_completions(
                 lengths[i] = len(toks)
                 logps[i] = float(lp[r][resp[r]].sum())
                 completions.append(tokenizer.decode(body, skip_special=False))
+                tokens.append(toks)
             bar.update(1)
     finally:
         bar.close()
-    return {"completions": completions, "finished": finished, "valid": valid, "logps": logps, "lengths": lengths}
+    return {"completions": completions, "finished": finished, "valid": valid, "logps": logps, "lengths": lengths,
+            "tokens": tokens}
 
 
 def collect_preferences(
