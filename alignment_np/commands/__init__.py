@@ -10,5 +10,9 @@ stays fast and never needs an optional extra.
 COMMANDS = {
     "sft": "sft",
     "collect": "collect",
+    "rm": "rm",
+    "dpo": "dpo",
+    "eval": "eval",
+    "pipeline": "pipeline",
     "sample": "sampling",
 }
