@@ -122,8 +122,12 @@ def run(args) -> int:
                 from ..trainers.reward_lm import RewardLMTrainer
 
                 rm = RewardLMTrainer.resume(folder.checkpoint("rm"))
-                rm_scores = rm.score([s["prompt"] for s in samples], [s["completion"] for s in samples])
-                rater = [s["score"] for s in samples]
+                # Completions that ended, written in the model's characters only: a special token
+                # sampled mid-completion is written out ("<pad>") and has no faithful encoding.
+                alphabet = set(tokenizer.chars)
+                scored = [s for s in samples if s["finished"] and set(s["completion"]) <= alphabet]
+                rm_scores = rm.score([s["prompt"] for s in scored], [s["completion"] for s in scored])
+                rater = [s["score"] for s in scored]
                 rm_vs_rater = {"rm": rm_scores.tolist(), "rater": rater, "n": len(rater),
                                "spearman": spearman(rm_scores, rater)}
             state["step"] += 1

@@ -36,7 +36,10 @@ Decisions:
 
 Reproducible: the policy's and the reference's samples come from two
 independent streams of ``numpy.random.SeedSequence(seed)``; the same seed,
-prompts, models and ``batch_size`` give the same numbers.
+prompts, models and ``batch_size`` give the same numbers. The reference's
+stream is the same whatever the policy, and a policy evaluated against
+itself draws its samples from that stream: with one seed, the SFT model's own
+evaluation and every other policy's comparison see the same SFT samples.
 
 Shapes: P prompts, K samples per prompt, N = P * K samples.
 """
@@ -149,6 +152,11 @@ def evaluate_policy(
     ref_model = policy if self_reference else reference
     rows = [p for p in prompts for _ in range(k)]  # (N,) each prompt K times in a row
     policy_seq, reference_seq = np.random.SeedSequence(seed).spawn(2)
+    if self_reference:
+        # The reference evaluated as a policy draws from the reference's stream: its samples are
+        # then exactly those every other policy is paired with (same seed, same prompts), so its
+        # score row and their "reference_score" are one and the same measurement.
+        policy_seq, reference_seq = reference_seq, policy_seq
     common = dict(max_new_tokens=max_new_tokens, temperature=1.0, batch_size=batch_size, progress=progress)
     if max_new_tokens is None:  # fill the smaller block of the two models (sample_completions checks the fit)
         longest = 1 + max(len(tokenizer.encode(p)) for p in prompts)  # <bos> + prompt
