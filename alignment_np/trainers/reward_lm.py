@@ -376,7 +376,8 @@ class RewardLMTrainer:
         """TRL's reward metrics over a whole dataset (no gradients, no update).
 
         data: a ``RewardDataset`` or pairs. Returns loss, accuracy (with its
-        standard error ``accuracy_se``), margin, min/mean/max_reward.
+        standard error ``accuracy_se``; None for a single pair), margin,
+        min/mean/max_reward.
         """
         from ..stats import mean_se
 
@@ -386,7 +387,7 @@ class RewardLMTrainer:
         loss, _, metrics = pairwise_reward_loss(rewards, self.config.center_rewards_coefficient)
         n = data.n_pairs
         correct = to_numpy(rewards[:n] > rewards[n:]).astype(np.float64)
-        metrics["accuracy_se"] = mean_se(correct).se
+        metrics["accuracy_se"] = mean_se(correct).as_dict("accuracy")["accuracy_se"]  # None for one pair
         return metrics
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int | None = None) -> np.ndarray:
