@@ -179,12 +179,12 @@ def test_a_step_is_one_forward_of_2B_rows_reading_only_the_reward_head():
 
 def test_the_reward_model_learns_the_preference_and_ranks_like_the_rater():
     model, tok = tiny_sft()
-    trainer = RewardLMTrainer(model, tok, RewardLMConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5))
+    trainer = RewardLMTrainer(model, tok, RewardLMConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5))
     held_out = trainer.prepare(HELD_OUT)
     before = trainer.evaluate(held_out)
     history = trainer.train(TRAIN, progress=False)
     after = trainer.evaluate(held_out)
-    assert len(history["loss"]) == 30 and history["step"][-1] == 30
+    assert len(history["loss"]) == 60 and history["step"][-1] == 60
     # chance gives accuracy ~ Binomial(n, 1/2) / n: demand its one-sided 99.9% quantile
     n = held_out.n_pairs
     assert after["accuracy"] > 0.5 + 3.09 * 0.5 / math.sqrt(n)
@@ -304,10 +304,17 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         trainer.train_step({"input_ids": batch["input_ids"]})
     with pytest.raises(ValueError, match="prompts, completions: expected equal"):
         trainer.score(["a"], [])
-    with pytest.raises(ValueError, match="not a reward-model checkpoint"):
-        from alignment_np.trainers.sft import SFTTrainer
+    from alignment_np.trainers.sft import SFTTrainer
 
-        SFTTrainer(model, tok).save(tmp_path / "sft.npz")
+    SFTTrainer(model, tok).save(tmp_path / "sft.npz")
+    with pytest.raises(ValueError, match="sft.npz: not a reward-model checkpoint"):
         RewardLMTrainer.resume(tmp_path / "sft.npz")
-    longer = dataclasses.replace(trainer.config, steps=300)
-    assert longer.steps == 300
+
+
+def test_resume_with_a_longer_schedule(tmp_path):
+    model, tok = tiny_sft()
+    trainer = RewardLMTrainer(model, tok, RewardLMConfig(steps=3, batch_size=4, warmup_steps=1))
+    trainer.train(TRAIN[:8], progress=False)
+    trainer.save(tmp_path / "rm.npz")
+    resumed = RewardLMTrainer.resume(tmp_path / "rm.npz", config=dataclasses.replace(trainer.config, steps=5))
+    assert resumed.train(TRAIN[:8], progress=False)["step"] == [4, 5]
