@@ -92,16 +92,30 @@ def test_kl_is_an_unbiased_estimate_of_the_exact_kl():
 
 def test_against_itself_kl_is_exactly_zero_and_the_win_rate_a_coin():
     policy, tok = tiny_sft()
-    copy, _ = tiny_sft()  # equal weights, separate memory
+    copy, _ = tiny_sft()  # equal weights, separate memory: evaluated as another model
     a = evaluate_policy(policy, None, tok, PROMPTS, length_rate, ends_with_full_stop, samples_per_prompt=4)
     b = evaluate_policy(policy, policy, tok, PROMPTS, length_rate, ends_with_full_stop, samples_per_prompt=4)
     c = evaluate_policy(policy, copy, tok, PROMPTS, length_rate, ends_with_full_stop, samples_per_prompt=4)
-    assert a == b == c
-    assert a["kl"] == 0.0 and a["kl_se"] == 0.0
-    assert all(s["logp"] == s["ref_logp"] for s in a["samples"])
-    # the reference's samples are a second, independent draw: not the same texts
-    assert any(s["completion"] != s["reference_completion"] for s in a["samples"])
-    assert abs(a["win_rate"] - 0.5) < 3 * a["win_rate_se"]
+    assert a == b
+    for res in (a, c):
+        assert res["kl"] == 0.0 and res["kl_se"] == 0.0
+        assert all(s["logp"] == s["ref_logp"] for s in res["samples"])
+        # the reference's samples are a second, independent draw: not the same texts
+        assert any(s["completion"] != s["reference_completion"] for s in res["samples"])
+        assert abs(res["win_rate"] - 0.5) < 3 * res["win_rate_se"]
+    # a model evaluated alone draws the reference's stream, so its samples are the ones every
+    # policy compared with it (same seed) is paired with: c's reference side is a's policy side
+    assert [s["reference_completion"] for s in c["samples"]] == [s["completion"] for s in a["samples"]]
+    assert c["reference_score"] == a["score"] and c["score"] == a["reference_score"]
+
+
+def test_the_reference_alone_and_every_comparison_see_the_same_reference_samples():
+    policy, tok = no_eos_policy()
+    reference, _ = tiny_sft()
+    alone = evaluate_policy(reference, None, tok, PROMPTS, lexicon_rate, ends_with_full_stop, seed=4)
+    paired = evaluate_policy(policy, reference, tok, PROMPTS, lexicon_rate, ends_with_full_stop, seed=4)
+    assert [s["completion"] for s in alone["samples"]] == [s["reference_completion"] for s in paired["samples"]]
+    assert alone["score"] == paired["reference_score"] and alone["score_se"] == paired["reference_score_se"]
 
 
 def test_a_constant_rater_gives_ties_and_a_win_rate_of_one_half():
