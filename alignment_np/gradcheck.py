@@ -1,16 +1,19 @@
 """Checking hand-written gradients against finite differences.
 
-A backward pass is a claim: "this is dL/dx". The computer can check the claim
-with nothing but the forward pass. For a scalar ``L(x) = sum(f(x) * dout)``
-(a random upstream gradient ``dout`` makes every output element count, as
-llm.c's ``fakeloss`` does), the central difference
+A backward pass is a claim: "this is dL/du" (u a kernel's input, ``x`` in the
+code). The computer can check the claim with nothing but the forward pass.
+For a scalar ``L(u) = sum(f(u) * dout)`` (a random upstream gradient ``dout``
+makes every output element count, as llm.c's ``fakeloss`` does), the central
+difference with the step h (Delta in the course's notation, where h is DPO's
+log-ratio difference)
 
-    dL/dx_i  ~=  (L(x + h e_i) - L(x - h e_i)) / (2 h)
+    dL/du_i  ~=  (L(u + h e_i) - L(u - h e_i)) / (2 h)       e_i: the i-th unit vector
 
 has error O(h^2). In float64 with h = 1e-6 the truncation error is about
 1e-12 and the rounding error about 1e-16 / 1e-6 = 1e-10, so a correct
-gradient agrees to ~1e-8 relative error. In float32 (eps ~ 1e-7) the rounding
-error alone would be ~1e-1 for the same h: always check in float64.
+gradient agrees to ~1e-8 relative error. In float32 (unit roundoff ~ 6e-8)
+the rounding error alone would be ~1e-1 for the same h: always check in
+float64.
 
 The checker never perturbs the caller's arrays: it works on float64 copies.
 """

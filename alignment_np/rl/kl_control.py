@@ -8,8 +8,10 @@ be fixed, or adapted so that the measured KL tracks a target.
 Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"
 (arXiv:1909.08593), Section 2.2, adapt it with a proportional controller:
 
-    e_t        = clip(KL_t / KL_target - 1, -0.2, 0.2)
-    beta_{t+1} = beta_t * (1 + K_beta * e_t)
+    xi_t       = clip(KL_t / KL_target - 1, -0.2, 0.2)
+    beta_{t+1} = beta_t * (1 + K_beta * xi_t)
+
+(the paper's error e_t; xi_t in the course's notation).
 
 The paper quotes a constant K_beta = 0.1; its released code
 (openai/lm-human-preferences) and TRL set ``K_beta = n_steps / horizon``, so
@@ -85,7 +87,7 @@ class AdaptiveKLController:
         current_kl, n_steps = _check_update_args(current_kl, n_steps)
         # Proportional error, clipped at +-20% so one outlier batch cannot swing beta.
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        multiplier = 1.0 + error * n_steps / self.horizon  # beta_{t+1} = beta_t (1 + K_beta e_t), K_beta = n_steps / horizon
+        multiplier = 1.0 + error * n_steps / self.horizon  # beta_{t+1} = beta_t (1 + K_beta xi_t), K_beta = n_steps / horizon
         if multiplier <= 0:
             raise ValueError(
                 f"n_steps={n_steps} is too large for horizon={self.horizon}: the multiplier "
