@@ -1,6 +1,6 @@
 """Chapter 1, exercise 3: a property test finds ReLU's kink; a better strategy avoids it.
 
-The fix is in the strategy (magnitude times sign, magnitude >= 1e-2 >> h),
+The fix is in the strategy (magnitude times sign, magnitude >= 1e-2, far beyond the step 1e-6),
 never in the tolerance.
 """
 
@@ -30,7 +30,7 @@ naive = arrays(np.float64, 4, elements=st.floats(-10, 10))
 def test_naive_strategy_finds_the_kink():
     # find() searches for an input on which the check fails and shrinks it.
     failing = find(naive, lambda x: gradient_error(x) > 1e-6, settings=settings(database=None))
-    # The shrunk counterexample sits on the kink: some entry within h of zero.
+    # The shrunk counterexample sits on the kink: some entry within the step of zero.
     assert np.min(np.abs(failing)) <= 1e-6
 
 

@@ -1,6 +1,7 @@
 """Chapter 1, exercise 2: the finite-difference step that minimises the error.
 
-error(h) ~ C h^2 (truncation) + eps |L| / h (rounding): smallest near h ~ eps^(1/3).
+error(Delta) ~ C Delta^2 (truncation) + eps_mach |L| / Delta (rounding): smallest
+near Delta ~ eps_mach^(1/3). ``numerical_gradient`` takes the step as ``h``.
 """
 
 import numpy as np
@@ -28,8 +29,8 @@ def test_float64_error_is_smallest_near_cube_root_of_eps():
     assert predicted / 100 <= best_h <= predicted * 100
     assert errors.min() < 1e-9
     # Both sides of the trade-off are visible: a big step truncates, a tiny one rounds.
-    assert errors[0] > 100 * errors.min()  # h = 1e-1
-    assert errors[-1] > 100 * errors.min()  # h = 1e-10
+    assert errors[0] > 100 * errors.min()  # Delta = 1e-1
+    assert errors[-1] > 100 * errors.min()  # Delta = 1e-10
 
 
 def test_float32_forward_is_never_accurate():

@@ -1,7 +1,8 @@
-"""Chapter 4, exercise 2: the Llama 2 margin loss -log sigmoid(r_c - r_r - m) and its gradient.
+"""Chapter 4, exercise 2: the Llama 2 margin loss -log sigmoid(r_c - r_r - mu) and its gradient.
 
-With d = r_c - r_r - m:  dL/dr_c = -sigmoid(-d) / B,  dL/dr_r = +sigmoid(-d) / B,
-so a margin m > 0 lowers d and raises the pull sigmoid(-d) of every pair.
+With z = r_c - r_r - mu:  dL/dr_c = -sigmoid(-z) / B,  dL/dr_r = +sigmoid(-z) / B,
+so a margin mu > 0 lowers z and raises the pull sigmoid(-z) of every pair
+(``m`` and ``d`` in the code below).
 """
 
 import numpy as np

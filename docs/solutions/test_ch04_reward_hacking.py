@@ -1,7 +1,8 @@
 """Chapter 4, exercise 3: optimising a learned reward (a proxy) against the true one.
 
-Gradient ascent on the features of held-out responses: x <- x + step * (dr/dx - lam (x - x0)).
-Without the leash (lam = 0) the proxy extrapolates far beyond its training range and
+Gradient ascent on the features u of held-out responses (``x`` in the code):
+u <- u + step * (dr/du - alpha (u - u0)), alpha the weight of the leash (``lam`` below).
+Without the leash (alpha = 0) the proxy extrapolates far beyond its training range and
 promises much more than it delivers; many responses are over-optimised (their true
 reward peaks, then falls while the proxy keeps rising). With the leash the proxy's
 promise and the true gain agree.

@@ -1,12 +1,15 @@
-"""Chapter 5, exercise 3: DPO, cDPO and rDPO when labels are flipped with probability e.
+"""Chapter 5, exercise 3: DPO, cDPO and rDPO when labels are flipped with probability eta.
 
-A pair whose clean preference probability is p = sigmoid(Delta) is observed
-with p' = (1 - e) p + e (1 - p). Setting the derivative of each expected loss
-(over the observed label) to zero, with z = beta h:
+A pair whose clean preference probability is p = sigmoid(z_clean), z_clean its
+true reward difference, is observed with p' = (1 - eta) p + eta (1 - p).
+Setting the derivative of each expected loss (over the observed label) to
+zero, with z = beta h:
 
-    DPO   sigmoid(z*) = p'                       shrunk toward 1/2
-    cDPO  sigmoid(z*) = (1 - e) p' + e (1 - p')  shrunk twice (it assumes noise on top of noise)
-    rDPO  sigmoid(z*) = p, i.e. z* = Delta       the clean optimum: its loss is unbiased
+    DPO   sigmoid(z*) = p'                             shrunk toward 1/2
+    cDPO  sigmoid(z*) = (1 - eta) p' + eta (1 - p')    shrunk twice (noise on top of noise)
+    rDPO  sigmoid(z*) = p, i.e. z* = z_clean           the clean optimum: its loss is unbiased
+
+(eta is ``label_smoothing``; the code below calls it E.)
 """
 
 from functools import lru_cache

@@ -1,8 +1,9 @@
 """Chapter 6, exercise 1: a baseline leaves the policy gradient's mean alone and cuts its variance.
 
 Bandit with a softmax policy pi = softmax(theta) over three arms with mean
-rewards m_a and noise. Single-sample REINFORCE estimate: (e_a - pi) (r - b),
-since d log pi(a) / d theta = e_a - pi. Exact gradient: sum_a pi_a m_a (e_a - pi).
+rewards mean_a and noise. Single-sample REINFORCE estimate: (e_a - pi) (r - b),
+since d log pi(a) / d theta = e_a - pi (e_a the one-hot vector of arm a).
+Exact gradient: sum_a pi_a mean_a (e_a - pi).
 """
 
 import numpy as np

@@ -1,9 +1,9 @@
 """Chapter 6, exercise 3: the clipping bug freezes exactly the update that repairs a mistake.
 
 The batch was sampled by pi_old. Since then a bad update pushed the best arm's
-log-probability down by 0.5, below log(1 - eps): its ratio r < 1 - eps while
+log-probability down by 0.5, below log(1 - eps): its ratio rho < 1 - eps while
 its advantage is positive. The correct PPO gradient still pushes it up (the
-unclipped term r A is the minimum); the buggy one, zero wherever r lies
+unclipped term rho A is the minimum); the buggy one, zero wherever rho lies
 outside [1 - eps, 1 + eps], does nothing.
 """
 

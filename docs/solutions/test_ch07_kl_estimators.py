@@ -1,8 +1,8 @@
 """Chapter 7, exercise 2: bias and standard deviation of k1, k2, k3 as the policy drifts.
 
-Over a small vocabulary the expectations under x ~ pi can be computed exactly
+Over a small vocabulary the expectations under v ~ pi can be computed exactly
 by summing over the V tokens (no sampling noise):
-    bias = sum_x pi(x) k(x) - KL,   std = sqrt(sum_x pi(x) k(x)^2 - (sum_x pi(x) k(x))^2).
+    bias = sum_v pi(v) k(v) - KL,   std = sqrt(sum_v pi(v) k(v)^2 - (sum_v pi(v) k(v))^2).
 """
 
 import numpy as np

@@ -1,9 +1,9 @@
 """Chapter 7, exercise 3: why the sampled KL penalty goes into the reward, not the loss.
 
-For a softmax policy pi = softmax(theta) and k1(x) = log pi(x) - log pi_ref(x):
-    E_{x~pi}[ grad k1(x) ] = E[ grad log pi(x) ] = sum_x pi(x) (e_x - pi) = 0,
+For a softmax policy pi = softmax(theta) and k1(v) = log pi(v) - log pi_ref(v):
+    E_{v~pi}[ grad k1(v) ] = E[ grad log pi(v) ] = sum_v pi(v) (e_v - pi) = 0,
 so differentiating the sampled penalty gives, on average, no pull at all; the
-score-function (policy-gradient) estimate E[ k1(x) grad log pi(x) ] is the true
+score-function (policy-gradient) estimate E[ k1(v) grad log pi(v) ] is the true
 gradient of KL(pi || pi_ref).
 """
 
@@ -27,7 +27,7 @@ def true_kl_gradient():
 
 def test_pathwise_gradient_of_k1_vanishes_in_expectation():
     pi = np.exp(log_softmax(THETA))
-    score = np.eye(V) - pi  # row x: d log pi(x) / d theta = e_x - pi; also d k1(x) / d theta
+    score = np.eye(V) - pi  # row v: d log pi(v) / d theta = e_v - pi; also d k1(v) / d theta
     np.testing.assert_allclose(pi @ score, 0.0, atol=1e-15)
     assert np.abs(true_kl_gradient()).max() > 0.01  # while the KL itself has a real gradient
 
