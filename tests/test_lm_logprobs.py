@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alignment_np.backend import to_numpy
@@ -397,3 +397,215 @@ def test_matches_torch_autograd():
             params[tg.numpy_name(name)].grad, tg.numpy_grad(name, p.grad), rtol=1e-8, atol=1e-12,
             err_msg=name,
         )
+
+
+# ================================================================ per-token log-probs of a response
+from alignment_np.trainers.lm_logprobs import response_backward, response_forward  # noqa: E402
+
+P_MAX, N_MAX = 4, 4  # prompt and response columns of the generated layouts (P + N <= BLOCK)
+
+
+def response_layout(rng, b, p, n):
+    """tokens, attention_mask (B, P + N) and response_mask (B, N) as ``generate`` lays them out:
+    a LEFT-padded prompt (>= 1 real token), then a response of 1..N tokens, padding after it."""
+    tokens = rng.integers(1, V, (b, p + n))
+    attention = np.zeros((b, p + n), dtype=np.int64)
+    response = np.zeros((b, n), dtype=np.int64)
+    for row in range(b):
+        real_prompt = int(rng.integers(1, p + 1))
+        attention[row, p - real_prompt : p] = 1
+        length = int(rng.integers(1, n + 1))
+        attention[row, p : p + length] = 1
+        response[row, :length] = 1
+        tokens[row, : p - real_prompt] = 0  # pad id
+        tokens[row, p + length :] = 0
+    return tokens, attention, response
+
+
+def response_loop(model, tokens, attention, p, temperature):
+    """Slow and obviously correct: each row alone, its padding dropped, one position at a time."""
+    b, t = tokens.shape
+    logps, values = np.zeros((b, t - p)), np.zeros((b, t - p))
+    for row in range(b):
+        for i in range(t - p):
+            if not attention[row, p + i]:
+                continue
+            prefix = tokens[row, : p + i][attention[row, : p + i] == 1][None]  # real tokens before y_i
+            out, _ = model.forward(prefix, None, heads=("logits", "values"))
+            z = [float(v) / temperature for v in out["logits"][0, -1]]
+            m = max(z)
+            logps[row, i] = z[int(tokens[row, p + i])] - (m + math.log(sum(math.exp(v - m) for v in z)))
+            values[row, i] = float(out["values"][0, -1])
+    return logps, values
+
+
+@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 3), p=st.integers(1, P_MAX), n=st.integers(1, N_MAX),
+       temperature=st.floats(0.5, 2.0))
+def test_response_forward_matches_a_slow_loop(seed, b, p, n, temperature):
+    rng = np.random.default_rng(seed)
+    model = generic_model(seed % 7)
+    tokens, attention, response = response_layout(rng, b, p, n)
+    out, _ = response_forward(model, tokens, attention, p, temperature, ("logits", "values"), response)
+    logps, values = response_loop(model, tokens, attention, p, temperature)
+    np.testing.assert_allclose(out["logps"], logps, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out["values"], values, rtol=1e-10, atol=1e-12)
+    assert np.all(out["logps"] <= 0) and np.all(out["logps"][response == 0] == 0)
+    assert np.all(out["values"][response == 0] == 0)
+    # the scaled logits are the model's own, divided by the temperature
+    logits = model.forward(tokens[:, :-1], attention[:, :-1])[0]["logits"][:, p - 1:]
+    np.testing.assert_allclose(out["logits"], logits / temperature, rtol=1e-12)
+
+
+def test_response_logps_equal_the_samplers_log_probs():
+    """generate() scores each token inside the KV-cached loop; one full forward gives the same numbers."""
+    from alignment_np.rl.generate import generate
+
+    rng = np.random.default_rng(4)
+    model = generic_model(2)
+    prompt = rng.integers(1, V, (3, 3))
+    mask = np.array([[0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    prompt[mask == 0] = 0
+    for temperature in (0.7, 1.0, 1.6):
+        gen = generate(model, prompt, 5, temperature=temperature, seed=1, attention_mask=mask, eos_id=2)
+        out, _ = response_forward(model, gen["tokens"], gen["attention_mask"], 3, temperature,
+                                  response_mask=gen["response_mask"])
+        np.testing.assert_allclose(out["logps"], gen["logprobs"], rtol=1e-10, atol=1e-12)
+
+
+@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 3), p=st.integers(1, P_MAX), n=st.integers(1, N_MAX),
+       temperature=st.floats(0.5, 2.0), with_mask=st.booleans())
+@settings(max_examples=10)  # each example runs ~1000 forwards for the finite differences
+def test_response_backward_matches_finite_differences(seed, b, p, n, temperature, with_mask):
+    """d/dtheta of sum(logps * g) + sum(scaled logits * G) + sum(values * gv), through the model, in float64."""
+    rng = np.random.default_rng(seed)
+    model = generic_model(seed % 1000)
+    tokens, attention, response = response_layout(rng, b, p, n)
+    mask = response if with_mask else None
+    if not with_mask:
+        attention[:] = 1  # every response column real
+    g_logps, g_values = rng.standard_normal((2, b, n))
+    g_logits = rng.standard_normal((b, n, V))
+    heads = ("logits", "values")
+
+    def total():
+        out, _ = response_forward(model, tokens, attention, p, temperature, heads, mask)
+        return (out["logps"] * g_logps).sum() + (out["logits"] * g_logits).sum() + (out["values"] * g_values).sum()
+
+    model.zero_grad()
+    _, cache = response_forward(model, tokens, attention, p, temperature, heads, mask)
+    response_backward(cache, d_logps=g_logps, d_logits=g_logits, d_values=g_values)
+    check_model_gradient(model, total, None, rng)
+
+
+def test_response_backward_each_head_alone_adds_up(rng):
+    """Backpropagating the three upstream gradients one at a time accumulates the same total."""
+    model = generic_model()
+    tokens, attention, response = response_layout(rng, 3, 3, 4)
+    g_logps, g_values = rng.standard_normal((2, 3, 4))
+    g_logits = rng.standard_normal((3, 4, V))
+    model.zero_grad()
+    _, cache = response_forward(model, tokens, attention, 3, 0.8, ("logits", "values"), response)
+    response_backward(cache, d_logps=g_logps, d_logits=g_logits, d_values=g_values)
+    together = {name: p.grad.copy() for name, p in model.named_parameters()}
+    model.zero_grad()
+    for kwargs in ({"d_logps": g_logps}, {"d_logits": g_logits}, {"d_values": g_values}):
+        response_backward(cache, **kwargs)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, together[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_response_backward_mutates_nothing_and_aliases_nothing(rng):
+    model = generic_model()
+    tokens, attention, response = response_layout(rng, 3, 3, 4)
+    inputs = [tokens.copy(), attention.copy(), response.copy()]
+    _, cache = response_forward(model, tokens, attention, 3, 0.9, ("logits", "values"), response)
+    g_logps, g_values = rng.standard_normal((2, 3, 4))
+    g_logits = rng.standard_normal((3, 4, V))
+    upstream = [g_logps.copy(), g_values.copy(), g_logits.copy()]
+    saved = [(path, a.copy()) for path, a in _arrays({k: v for k, v in cache.items() if k != "model"})]
+    model.zero_grad()
+    assert response_backward(cache, d_logps=g_logps, d_logits=g_logits, d_values=g_values) is None
+    for before, now in zip(upstream, (g_logps, g_values, g_logits)):
+        np.testing.assert_array_equal(now, before)
+    for (path, before), (_, after) in zip(saved, _arrays({k: v for k, v in cache.items() if k != "model"})):
+        np.testing.assert_array_equal(after, before, err_msg=str(path))
+    for before, now in zip(inputs, (tokens, attention, response)):
+        np.testing.assert_array_equal(now, before)
+    others = [g_logps, g_values, g_logits] + [a for _, a in _arrays({k: v for k, v in cache.items() if k != "model"})]
+    for name, p in model.named_parameters():
+        assert not any(np.shares_memory(p.grad, o) for o in others), name
+
+
+def test_response_forward_float32_stays_float32(rng):
+    model = generic_model(dtype="float32")
+    tokens, attention, response = response_layout(rng, 2, 3, 4)
+    out, cache = response_forward(model, tokens, attention, 3, 0.7, ("logits", "values"), response)
+    assert all(v.dtype == np.float32 for v in out.values())
+    model.zero_grad()
+    response_backward(cache, d_logps=np.ones((2, 4), np.float32), d_values=np.ones((2, 4), np.float32))
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"prompt_length": 0}, ValueError, "prompt_length: expected an int in"),
+        ({"prompt_length": 7}, ValueError, "prompt_length: expected an int in"),
+        ({"temperature": 0.0}, ValueError, "temperature: expected a finite number > 0"),
+        ({"temperature": float("nan")}, ValueError, "temperature"),
+        ({"heads": ("logits", "rewards")}, ValueError, "heads: expected a non-empty subset"),
+        ({"heads": ()}, ValueError, "heads: expected a non-empty subset"),
+        ({"response_mask": np.ones((2, 3))}, ValueError, r"response_mask: expected shape \(B, T\) = \(2, 4\)"),
+        ({"attention_mask": np.full((2, 7), 2)}, ValueError, "attention_mask: expected only 0/1"),
+        ({"tokens": np.zeros((2, 7))}, TypeError, "tokens: expected integer token ids"),
+        ({"tokens": np.zeros(7, dtype=np.int64)}, ValueError, r"tokens: expected a \(B, P \+ N\) array"),
+        ({"model": "gpt"}, TypeError, "model: expected a causal LM"),
+    ],
+)
+def test_response_forward_bad_inputs_raise_naming_the_argument(kwargs, error, match):
+    rng = np.random.default_rng(0)
+    tokens, attention, response = response_layout(rng, 2, 3, 4)
+    args = {"model": generic_model(), "tokens": tokens, "attention_mask": attention, "prompt_length": 3,
+            "temperature": 1.0, "heads": ("logits",), "response_mask": response}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        response_forward(**args)
+
+
+def test_response_backward_refuses_gradients_it_cannot_take(rng):
+    model = generic_model()
+    tokens, attention, response = response_layout(rng, 2, 3, 4)
+    _, cache = response_forward(model, tokens, attention, 3, 1.0, ("logits",), response)
+    with pytest.raises(ValueError, match="expected at least one of"):
+        response_backward(cache)
+    with pytest.raises(ValueError, match="d_values: the forward computed heads"):
+        response_backward(cache, d_values=np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"d_logps: expected shape \(2, 4\), got \(2, 3\)"):
+        response_backward(cache, d_logps=np.ones((2, 3)))
+    _, cache = response_forward(model, tokens, attention, 3, 1.0, ("values",), response)
+    with pytest.raises(ValueError, match="d_logps / d_logits: the forward computed heads"):
+        response_backward(cache, d_logps=np.ones((2, 4)))
+
+
+@pytest.mark.torch
+def test_response_logps_match_torch_autograd():
+    torch = pytest.importorskip("torch")
+    tg = _torch_gpt_module()
+    model = generic_model(n_layer=2)
+    rng = np.random.default_rng(5)
+    p, n, temperature = 3, 4, 0.7
+    tokens = rng.integers(1, V, (3, p + n))  # no padding: TorchGPT has no attention mask
+    g = rng.standard_normal((3, n))
+    model.zero_grad()
+    out, cache = response_forward(model, tokens, None, p, temperature)
+    response_backward(cache, d_logps=g)
+
+    reference = tg.TorchGPT.from_numpy(model)
+    logits = reference(torch.from_numpy(tokens[:, :-1]))[:, p - 1:] / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, torch.from_numpy(tokens[:, p:, None]))[..., 0]
+    (logp * torch.from_numpy(g)).sum().backward()
+    np.testing.assert_allclose(out["logps"], logp.detach().numpy(), rtol=1e-10)
+    params = dict(model.named_parameters())
+    for name, prm in reference.named_parameters():
+        np.testing.assert_allclose(params[tg.numpy_name(name)].grad, tg.numpy_grad(name, prm.grad),
+                                   rtol=1e-8, atol=1e-12, err_msg=name)

@@ -43,7 +43,29 @@ and no position is computed only to be thrown away::
     targets           a      b    c    d   <eos>
     loss_mask         0      0    1    1    1
 
-Shapes: B batch, T time, V vocabulary, D model width.
+Per-token log-probs of a sampled response (RL)
+----------------------------------------------
+PPO, GRPO and RLOO need one log-prob per RESPONSE TOKEN, not one per
+sequence, and at the temperature the response was sampled with.
+``response_forward`` / ``response_backward`` score the layout that
+``rl/generate.py`` produces: a left-padded prompt of P columns followed by N
+response columns, ``tokens`` (B, P + N)::
+
+    column            0      1     ...  P-1 | P      P+1   ...  P+N-1
+    tokens           <pad>  <bos>  ...   s  | y_0    y_1   ...  y_{N-1}
+    logits[:, c]      -> predicts tokens[:, c + 1]
+
+    logps[b, i] = log_softmax(logits[b, P - 1 + i] / temperature)[y_i]     (B, N)
+    values[b, i] = value head at column P - 1 + i: V(prompt, y_<i)         (B, N)
+
+One forward over ``tokens[:, :-1]`` (the last token predicts nothing)
+gives all N positions at once; dividing the logits by the temperature before
+the log-softmax is what the sampler did, so the log-prob of a token is the
+same number at rollout and at update time (TRL divides by the temperature in
+both places too). The backward multiplies by 1 / temperature:
+d logps / d logits = (onehot(y) - softmax(logits / tau)) / tau.
+
+Shapes: B batch, T time, V vocabulary, D model width, P prompt columns, N response columns.
 """
 
 from __future__ import annotations
@@ -51,14 +73,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import as_array_of, get_array_module, to_numpy
+from ..checks import check_float, check_int
 from ..functional.logprobs import (
     sequence_logprobs_backward,
     sequence_logprobs_forward,
     shift_for_causal_lm,
     shift_for_causal_lm_backward,
+    token_logprobs_backward,
+    token_logprobs_forward,
 )
 
-__all__ = ["policy_logps_forward", "policy_logps_backward"]
+__all__ = ["policy_logps_forward", "policy_logps_backward", "response_forward", "response_backward"]
 
 
 def policy_logps_forward(model, input_ids, attention_mask, loss_mask, average=False, *, targets=None):
@@ -123,6 +148,147 @@ def policy_logps_backward(d_logps, cache):
     if cache["shift"]:
         dlogits = shift_for_causal_lm_backward(dlogits)  # (B, T, V); the last position is 0
     cache["model"].backward({"logits": dlogits}, cache["model_cache"])
+
+
+# --------------------------------------------------------------------------
+# per-token log-probs (and values) of a sampled response
+# --------------------------------------------------------------------------
+
+RESPONSE_HEADS = ("logits", "values")
+
+
+def response_forward(model, tokens, attention_mask, prompt_length, temperature=1.0, heads=("logits",),
+                     response_mask=None):
+    """Per-token log-probs (and values) of the N response tokens after a P-column prompt.
+
+    model: a TinyGPT (``forward(idx, mask, heads)`` / ``backward(grads, cache)``).
+    tokens: (B, P + N) integer ids: a left-padded prompt, then the response
+        (``generate(...)["tokens"]``). N >= 1.
+    attention_mask: (B, P + N) of 0/1 (1 = real token), or None (all real).
+    prompt_length: P >= 1, the number of prompt columns (padding included).
+    temperature: tau > 0; the logits are divided by it before the log-softmax,
+        as the sampler did.
+    heads: a non-empty subset of ("logits", "values"): "logits" gives the
+        log-probs, "values" the value head's V at the same positions (one
+        forward for both when the value head sits on the policy's trunk).
+    response_mask: (B, N) of 0/1 or None. Where it is 0 (after a response's
+        end) logps and values are returned as 0 and receive no gradient.
+
+    Returns (out, cache) with out a dict of new arrays in the model's dtype:
+        "logps"   (B, N)    log_softmax(logits / tau)[token]  (with "logits")
+        "logits"  (B, N, V) logits / tau at the predicting positions (with
+                            "logits"; for an entropy bonus)
+        "values"  (B, N)    (with "values")
+    and a cache for ``response_backward`` (holding a reference to the model,
+    like ``policy_logps_forward``'s).
+    """
+    tokens, attention_mask, p, temperature, heads, response_mask = _check_response_inputs(
+        model, tokens, attention_mask, prompt_length, temperature, heads, response_mask
+    )
+    xp = get_array_module(tokens)
+    inputs = tokens[:, :-1]  # (B, P + N - 1): the last token is context for nothing
+    mask = None if attention_mask is None else attention_mask[:, :-1]
+    outputs, model_cache = model.forward(inputs, mask, heads=heads)
+    out = {}
+    cache = {"model": model, "model_cache": model_cache, "prompt_length": p, "temperature": temperature,
+             "response_mask": response_mask, "input_shape": tuple(inputs.shape), "heads": heads}
+    if "logits" in heads:
+        # Column P - 1 + i predicts response token i: the last N columns of the inputs.
+        scaled = outputs["logits"][:, p - 1:] / temperature  # (B, N, V), a new array
+        logps, token_cache = token_logprobs_forward(scaled, tokens[:, p:])
+        if response_mask is not None:
+            logps = xp.where(response_mask, logps, 0).astype(scaled.dtype, copy=False)
+        out["logps"], out["logits"] = logps, scaled
+        cache["token_cache"] = token_cache
+    if "values" in heads:
+        values = outputs["values"][:, p - 1:]  # (B, N)
+        out["values"] = values.copy() if response_mask is None else xp.where(response_mask, values, 0).astype(
+            values.dtype, copy=False)
+    return out, cache
+
+
+def response_backward(cache, d_logps=None, d_logits=None, d_values=None):
+    """Backpropagate gradients of the response's log-probs / scaled logits / values.
+
+    cache: from ``response_forward``.
+    d_logps: (B, N) d loss / d logps, or None.
+    d_logits: (B, N, V) d loss / d (logits / tau), e.g. from an entropy bonus, or None.
+    d_values: (B, N) d loss / d values, or None.
+    At least one must be given, each only for a head the forward computed.
+    Accumulates (``+=``) into the model's ``Parameter.grad`` and returns None;
+    nothing passed in, nor the cache, is modified.
+    """
+    heads = cache["heads"]
+    if d_logps is None and d_logits is None and d_values is None:
+        raise ValueError("response_backward: expected at least one of d_logps, d_logits, d_values")
+    if (d_logps is not None or d_logits is not None) and "logits" not in heads:
+        raise ValueError(f"d_logps / d_logits: the forward computed heads {heads}, not 'logits'")
+    if d_values is not None and "values" not in heads:
+        raise ValueError(f"d_values: the forward computed heads {heads}, not 'values'")
+    b, t_in = cache["input_shape"]
+    p = cache["prompt_length"]
+    n = t_in - p + 1
+    mask = cache["response_mask"]
+    grads = {}
+    if "logits" in heads and (d_logps is not None or d_logits is not None):
+        token_cache = cache["token_cache"]
+        xp = get_array_module(token_cache["logp"])
+        dtype = token_cache["logp"].dtype
+        v = token_cache["logp"].shape[-1]
+        if d_logps is not None:
+            d_logps = _check_grad_shape("d_logps", d_logps, (b, n), xp)
+            if mask is not None:
+                d_logps = xp.where(mask, d_logps, 0)  # a new array: dout is never touched
+            d_scaled = token_logprobs_backward(d_logps.astype(dtype, copy=False), token_cache)  # (B, N, V), new
+        else:
+            d_scaled = xp.zeros((b, n, v), dtype=dtype)
+        if d_logits is not None:
+            d_scaled += _check_grad_shape("d_logits", d_logits, (b, n, v), xp)
+        d_scaled /= cache["temperature"]  # d (z / tau) / dz = 1 / tau
+        dlogits = xp.zeros((b, t_in, v), dtype=dtype)  # the prompt's own predictions get nothing
+        dlogits[:, p - 1:] = d_scaled
+        grads["logits"] = dlogits
+    if d_values is not None:
+        xp = get_array_module(d_values)
+        d_values = _check_grad_shape("d_values", d_values, (b, n), xp)
+        dv = xp.zeros((b, t_in), dtype=d_values.dtype)
+        dv[:, p - 1:] = d_values if mask is None else xp.where(mask, d_values, 0)
+        grads["values"] = dv
+    cache["model"].backward(grads, cache["model_cache"])
+
+
+def _check_grad_shape(name, g, shape, xp):
+    g = xp.asarray(g)
+    if tuple(g.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(g.shape)}")
+    return g
+
+
+def _check_response_inputs(model, tokens, attention_mask, prompt_length, temperature, heads, response_mask):
+    if not (callable(getattr(model, "forward", None)) and callable(getattr(model, "backward", None))):
+        raise TypeError(
+            f"model: expected a causal LM with forward() and backward() (e.g. TinyGPT), got {type(model).__name__}"
+        )
+    xp = get_array_module(model.wte.data) if hasattr(model, "wte") else np
+    tokens = as_array_of(xp, tokens, "tokens")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens: expected a (B, P + N) array, got shape {tuple(tokens.shape)}")
+    if tokens.dtype.kind not in "iu":
+        raise TypeError(f"tokens: expected integer token ids, got dtype {tokens.dtype}")
+    b, t = tokens.shape
+    p = check_int("prompt_length", prompt_length, low=1, high=max(t - 1, 1))
+    if t - p < 1:
+        raise ValueError(f"tokens: expected at least one response column after prompt_length={p}, got T={t}")
+    temperature = check_float("temperature", temperature, 0.0, low_open=True)
+    given = (heads,) if isinstance(heads, str) else tuple(heads)
+    if not given or any(h not in RESPONSE_HEADS for h in given):
+        raise ValueError(f"heads: expected a non-empty subset of {RESPONSE_HEADS}, got {heads!r}")
+    heads = tuple(h for h in RESPONSE_HEADS if h in given)
+    if attention_mask is not None:
+        attention_mask = _check_mask("attention_mask", attention_mask, (b, t), xp)
+    if response_mask is not None:
+        response_mask = _check_mask("response_mask", response_mask, (b, t - p), xp).astype(bool)
+    return tokens, attention_mask, p, temperature, heads, response_mask
 
 
 # --------------------------------------------------------------------------
