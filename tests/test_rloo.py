@@ -83,14 +83,21 @@ def test_bad_inputs_raise_naming_the_argument():
         rloo_loss(logps, adv, mask[:, :2])
     with pytest.raises(ValueError, match=r"logps: expected a \(B, N\) float array"):
         rloo_loss(logps[0], adv, mask)
-    with pytest.raises(ValueError, match="advantages: expected finite"):
-        rloo_loss(logps, np.array([np.nan, 0.0, 0.0]), mask)
     with pytest.raises(ValueError, match=r"scores: expected shape \(3,\)"):
         kl_penalised_rewards(np.ones(2), logps, ref, mask, 0.1)
     with pytest.raises(ValueError, match="kl_coef: expected a finite number >= 0"):
         kl_penalised_rewards(np.ones(3), logps, ref, mask, -1.0)
-    with pytest.raises(ValueError, match="scores: expected finite"):
-        kl_penalised_rewards(np.array([np.nan, 1.0, 1.0]), logps, ref, mask, 0.1)
+
+
+def test_a_counted_nan_propagates_and_padding_never_does():
+    logps, ref, adv, mask = make_inputs(1, 3, 4)  # padding of logps holds NaN already
+    assert np.isfinite(rloo_loss(logps, adv, mask)[0])
+    assert np.isnan(rloo_loss(logps, np.array([np.nan, 0.0, 0.0]), mask)[0])
+    bad = logps.copy()
+    bad[0, 0] = np.nan
+    assert np.isnan(rloo_loss(bad, adv, mask)[0])
+    rewards, _ = kl_penalised_rewards(np.array([np.nan, 1.0, 1.0]), logps, ref, mask, 0.1)
+    assert np.isnan(rewards[0]) and np.all(np.isfinite(rewards[1:]))
 
 
 @pytest.mark.torch

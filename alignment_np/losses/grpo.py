@@ -50,7 +50,7 @@ Shapes: B responses (prompts x G), N response tokens (right padded).
 from __future__ import annotations
 
 from ..backend import get_array_module
-from ..checks import check_choice, check_finite_array, check_float, check_positive_int
+from ..checks import check_choice, check_float, check_positive_int
 
 __all__ = ["LOSS_TYPES", "clipped_surrogate_per_token", "k3_per_token", "aggregation_weights", "grpo_loss"]
 
@@ -127,8 +127,10 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta=0.04, epsilon=
     "kl" (mean k3 over tokens), "clip_ratio/region_mean" (fraction of tokens
     whose clipped term is the minimum), "clip_ratio/low_mean" (A < 0, r < 1 - eps),
     "clip_ratio/high_mean" (A > 0, r > 1 + eps).
-    Entries at padding may hold anything; non-finite values where the mask
-    counts raise ValueError naming the argument.
+    Entries at padding may hold anything (they are replaced before any
+    arithmetic). A NaN or infinity where the mask counts propagates: the loss
+    comes out NaN (visibly, never as a finite number), so that a trainer's NaN
+    guard stops the run before the optimiser step.
     """
     xp = get_array_module(logps)
     logps, old_logps, ref_logps = (xp.asarray(a) for a in (logps, old_logps, ref_logps))
@@ -161,11 +163,9 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta=0.04, epsilon=
         max_length = check_positive_int("max_length", max_length)
         if max_length < shape[1]:
             raise ValueError(f"max_length: expected >= N={shape[1]} (the longest response), got {max_length}")
-    # Padding may hold anything: replace it before any arithmetic, then refuse non-finite counted entries.
+    # Padding may hold anything: replace it before any arithmetic (0 * nan would be nan).
     logps, old_logps, ref_logps = (xp.where(m, a, 0) for a in (logps, old_logps, ref_logps))
     advantages = xp.where(m, advantages, 0)
-    for name, a in (("logps", logps), ("old_logps", old_logps), ("ref_logps", ref_logps), ("advantages", advantages)):
-        check_finite_array(name, a)
 
     surrogate, d_surrogate, clipped = clipped_surrogate_per_token(logps, old_logps, advantages, epsilon)
     kl, d_kl = k3_per_token(logps, ref_logps)
