@@ -6,6 +6,7 @@ spinning threads make such a product 10-20 times slower. One thread keeps the
 suite fast and its timings stable; the benchmarks choose threads themselves.
 """
 
+import numpy  # noqa: F401  (loads OpenBLAS: threadpool_limits only limits libraries already loaded)
 from threadpoolctl import threadpool_limits
 
 threadpool_limits(limits=1, user_api="blas")
