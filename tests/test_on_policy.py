@@ -74,7 +74,7 @@ def test_k_iterations_save_resume_n_minus_k_equals_n_straight(tmp_path, case, k)
     for key in o_straight:
         np.testing.assert_array_equal(o_resumed[key], o_straight[key], err_msg=key)
     assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
-    assert resumed.data_rng.bit_generator.state == straight.data_rng.bit_generator.state
+    assert resumed.order.state() == straight.order.state()
     for key in history:
         if key != "step":
             assert first_history[key] + rest[key] == history[key], key
@@ -84,11 +84,14 @@ def test_k_iterations_save_resume_n_minus_k_equals_n_straight(tmp_path, case, k)
         assert straight.kl_controller.value != straight.config.kl_coef  # the controller moved: its state mattered
 
 
-def test_resume_refuses_another_trainers_checkpoint(tmp_path):
+def test_resume_refuses_another_trainers_checkpoint_or_another_reference(tmp_path):
     trainer = CASES["rloo"]()
     trainer.save(tmp_path / "rloo.npz")
     with pytest.raises(ValueError, match="not a grpo checkpoint"):
         GRPOTrainer.resume(tmp_path / "rloo.npz", reference=tiny(), reward_fn=count_a)
+    with pytest.raises(ValueError, match="reference: its weights differ"):
+        RLOOTrainer.resume(tmp_path / "rloo.npz", reference=tiny(seed=9), reward_fn=count_a)
+    RLOOTrainer.resume(tmp_path / "rloo.npz", reference=tiny(), reward_fn=count_a)  # the same weights: fine
     with pytest.raises(ValueError, match="has no separate value model"):
         PPOTrainer.resume(_saved_ppo(tmp_path), reference=tiny(), reward_fn=count_a, value_model=tiny())
 
@@ -131,6 +134,13 @@ def test_train_calls_back_after_every_iteration_and_stops_on_true(case):
     assert all(len(history[k]) == 2 and all(np.isfinite(history[k])) for k in keys)
 
 
+def _sharing(model):
+    """A model whose token embedding IS the given model's Parameter (a shallow copy gone wrong)."""
+    other = tiny(seed=1)
+    other.wte = model.wte
+    return other
+
+
 def test_prompt_batches_cover_each_epoch_once():
     trainer = CASES["ppo-shared"]()  # batch_size 4 over 6 prompts
     batches = [trainer.next_prompts(PROMPTS) for _ in range(3)]  # 12 prompts = 2 epochs
@@ -140,10 +150,19 @@ def test_prompt_batches_cover_each_epoch_once():
         trainer.next_prompts(PROMPTS[:2])
 
 
+def test_a_batch_larger_than_the_prompt_list_wraps_into_the_next_epoch():
+    trainer = CASES["grpo"]()
+    trainer.config.batch_size = 8  # 8 prompts per iteration from a list of 6
+    first, second = trainer.next_prompts(PROMPTS), trainer.next_prompts(PROMPTS)
+    assert len(first) == len(second) == 8
+    assert sorted(first[:6]) == sorted(PROMPTS) and sorted(first[6:] + second[:4]) == sorted(PROMPTS)
+
+
 @pytest.mark.parametrize(
     "build, error, match",
     [
-        (lambda m: PPOTrainer(m, m, count_a, TOK), ValueError, "reference: expected a frozen copy"),
+        (lambda m: PPOTrainer(m, m, count_a, TOK), ValueError, "reference: must be a separate, frozen model"),
+        (lambda m: GRPOTrainer(m, _sharing(m), count_a, TOK), ValueError, "reference: its parameter 'wte' is"),
         (lambda m: PPOTrainer("gpt", tiny(), count_a, TOK), TypeError, "policy: expected a TinyGPT"),
         (lambda m: GRPOTrainer(m, tiny(), "rater", TOK), TypeError, "reward_fn: expected a callable"),
         (lambda m: RLOOTrainer(m, tiny(), count_a, TOK, GRPOConfig()), TypeError, "config: expected a RLOOConfig"),

@@ -5,7 +5,9 @@ Each on-policy trainer is ``rollout -> advantages -> loss -> backward -> step``
 rest, so that the three files show only what makes each method itself:
 
 * ``next_prompts``: the prompts of the next iteration, ``batch_size`` of them, a
-  fresh permutation of the training prompts each epoch (like ``SFTTrainer``);
+  fresh permutation of the training prompts each epoch (``EpochOrder``, as
+  the offline trainers; a batch larger than the prompt list wraps into the
+  next epoch);
 * ``train(prompts, steps, progress, callback)``: the loop the run mechanism
   drives; ``callback(step, metrics)`` after every iteration, True stops;
 * ``_optimizer_step(loss)``: global gradient clipping, the NaN guard
@@ -17,11 +19,12 @@ rest, so that the three files show only what makes each method itself:
   iterations, save, resume, N - k iterations gives bit for bit the parameters
   of N iterations straight. The frozen reference and the reward function are
   not stored: they are inputs (the SFT model and the reward model of the run
-  folder), passed again to ``resume``.
+  folder), passed again to ``resume``, which checks that the reference has
+  the weights the run was trained against (a fingerprint, as ``DPOLMTrainer``).
 
-Randomness: ``data_rng`` draws the prompt order, ``rng`` everything else
-(the sampling noise, the minibatch order); both are seeded from
-``config.seed`` and saved.
+Randomness: ``order`` (an ``EpochOrder`` seeded with ``config.seed``) draws
+the prompt order, ``rng`` everything else (the sampling noise, the minibatch
+order); both are saved.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from ..nn.module import Module
 from ..optim import AdamW, clip_grad_norm
 from ..progress import Progress
 from ..rl.rollout import _check_prompts
+from .dpo_lm import _check_separate, model_fingerprint
+from .epoch_order import EpochOrder
 
 __all__ = ["OnPolicyTrainer"]
 
@@ -71,16 +76,18 @@ class OnPolicyTrainer:
     def __init__(self, policy, reference, reward_fn: Callable, tokenizer, config, value_model=None):
         _check_model("policy", policy)
         _check_model("reference", reference)
-        if reference is policy:
-            raise ValueError("reference: expected a frozen copy of the policy (e.g. the SFT model loaded again), "
-                             "got the policy itself: its weights would move with the policy's")
+        _check_separate(policy, reference)  # no shared Parameter, no shared memory
         if reference.config.vocab_size != policy.config.vocab_size:
             raise ValueError(f"reference: expected vocab_size={policy.config.vocab_size} like the policy, "
                              f"got {reference.config.vocab_size}")
         if value_model is not None:
             _check_model("value_model", value_model)
-            if value_model is policy or value_model is reference:
-                raise ValueError("value_model: expected a separate TinyGPT (None puts the value head on the policy)")
+            for other in (policy, reference):
+                try:
+                    _check_separate(other, value_model)
+                except ValueError as err:
+                    raise ValueError(f"value_model: expected a separate TinyGPT (None puts the value head on "
+                                     f"the policy); {err}") from None
         if not callable(reward_fn):
             raise TypeError(f"reward_fn: expected a callable(prompts, completions) -> (B,) array, "
                             f"got {type(reward_fn).__name__}")
@@ -103,30 +110,22 @@ class OnPolicyTrainer:
         self.optimizer = AdamW(self.models.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-5,
                                weight_decay=config.weight_decay)
         self.step = 0
-        self.epoch = 0
-        self.data_rng = np.random.default_rng(config.seed)
+        self.order: EpochOrder | None = None  # the prompt order, made on the first batch (it needs n)
         self.rng = np.random.default_rng([config.seed, 1])  # sampling noise, minibatch order
-        self._order: np.ndarray | None = None
-        self._cursor = 0
         self.metadata: dict = {}
 
     # ------------------------------------------------------------------ prompts
     def next_prompts(self, prompts) -> list:
         """The next ``config.batch_size`` prompts: a fresh permutation of ``prompts`` each epoch."""
-        n, b = len(prompts), self.config.batch_size
-        if self._order is not None and len(self._order) != n:
-            raise ValueError(f"prompts: this trainer's epoch order covers {len(self._order)} prompts, got {n}; "
+        n = len(prompts)
+        if self.order is None:
+            # One index at a time, so that a batch larger than n wraps into the next epoch
+            # (EpochOrder caps a batch at n).
+            self.order = EpochOrder(n, 1, seed=self.config.seed)
+        elif self.order.n != n:
+            raise ValueError(f"prompts: this trainer's epoch order covers {self.order.n} prompts, got {n}; "
                              "train on the same prompts throughout (or build a new trainer)")
-        out = []
-        while len(out) < b:
-            if self._order is None or self._cursor == n:
-                self._order = self.data_rng.permutation(n)
-                self._cursor = 0
-                self.epoch += 1
-            take = min(b - len(out), n - self._cursor)
-            out.extend(self._order[self._cursor : self._cursor + take].tolist())
-            self._cursor += take
-        return [prompts[i] for i in out]
+        return [prompts[int(self.order.next()[0])] for _ in range(self.config.batch_size)]
 
     # ------------------------------------------------------------------ one update
     def _optimizer_step(self, loss: float) -> float:
@@ -188,10 +187,8 @@ class OnPolicyTrainer:
             "config": dataclasses.asdict(self.config),
             "policy_config": dataclasses.asdict(self.policy.config),
             "value_config": None if self.value_model is None else dataclasses.asdict(self.value_model.config),
-            "data_rng": self.data_rng.bit_generator.state,
-            "epoch": self.epoch,
-            "order": None if self._order is None else self._order.tolist(),
-            "cursor": self._cursor,
+            "order": None if self.order is None else self.order.state(),
+            "reference_fingerprint": model_fingerprint(self.reference),
             "metadata": self.metadata,
             "state": self._extra_state(),
         }
@@ -203,7 +200,8 @@ class OnPolicyTrainer:
                value_model=None, config=None):
         """A trainer that continues exactly where ``save(path)`` stopped.
 
-        reference, reward_fn: the frozen reference and the reward function (not stored).
+        reference, reward_fn: the frozen reference (the same weights as before: its
+            fingerprint is checked) and the reward function (neither is stored).
         tokenizer: default the checkpoint's.
         policy, value_model: TinyGPTs to load the weights into (default: built
             from the checkpoint's configs on the active backend).
@@ -223,15 +221,16 @@ class OnPolicyTrainer:
                              "(its value head sits on the policy); pass value_model=None")
         tokenizer = info["tokenizer"] if tokenizer is None else tokenizer
         config = cls.config_class(**extra["config"]) if config is None else config
+        _check_model("reference", reference)
+        if model_fingerprint(reference) != extra["reference_fingerprint"]:
+            raise ValueError(f"reference: its weights differ from those the run at {os.fspath(path)} was trained "
+                             "against (fingerprints differ); resume with the same reference model")
         models = {} if value_model is None else {"value_model": value_model}  # only PPO has one
         trainer = cls(policy, reference, reward_fn, tokenizer, config, **models)
         load_checkpoint(path, model=trainer.models, optimizer=trainer.optimizer)  # checks names and shapes first
         trainer.step = info["step"]
         trainer.rng = rng_from_state(info["rng_state"])
-        trainer.data_rng = rng_from_state(extra["data_rng"])
-        trainer.epoch = int(extra["epoch"])
-        trainer._order = None if extra["order"] is None else np.asarray(extra["order"], dtype=np.int64)
-        trainer._cursor = int(extra["cursor"])
+        trainer.order = None if extra["order"] is None else EpochOrder.from_state(extra["order"])
         trainer.metadata = dict(extra.get("metadata") or {})
         trainer._load_extra_state(extra.get("state") or {})
         return trainer
