@@ -64,7 +64,8 @@ def kl_penalised_rewards(scores, logps, ref_logps, mask, kl_coef):
     ref_logps = xp.where(m, xp.asarray(ref_logps), 0)
     scores = xp.asarray(scores)
     if tuple(scores.shape) != tuple(logps.shape[:1]):
-        raise ValueError(f"scores: expected shape {tuple(logps.shape[:1])} (one per response), got {tuple(scores.shape)}")
+        raise ValueError(f"scores: expected shape {tuple(logps.shape[:1])} (one per response), "
+                         f"got {tuple(scores.shape)}")
     kl_coef = check_float("kl_coef", kl_coef, 0.0)
     kl = (logps - ref_logps).sum(axis=1)  # (B,) k1 summed over the response
     return scores - kl_coef * kl, kl

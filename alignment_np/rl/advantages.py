@@ -110,7 +110,8 @@ def _check_groups(rewards, group_size, low, name):
     xp = get_array_module(rewards)
     rewards = xp.asarray(rewards)
     if rewards.ndim != 1 or rewards.dtype.kind != "f":
-        raise ValueError(f"rewards: expected a (B,) float array, got shape {tuple(rewards.shape)} dtype {rewards.dtype}")
+        raise ValueError(f"rewards: expected a (B,) float array, got shape {tuple(rewards.shape)} "
+                         f"dtype {rewards.dtype}")
     g = check_int(name, group_size, low=low)
     if rewards.shape[0] == 0 or rewards.shape[0] % g:
         raise ValueError(f"rewards: expected a length that is a positive multiple of {name}={g} "

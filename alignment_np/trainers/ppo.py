@@ -63,7 +63,6 @@ minus it), loss, grad_norm, lr.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
