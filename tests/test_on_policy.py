@@ -32,7 +32,7 @@ def count_a(prompts, completions):
 CASES = {
     "ppo-shared": lambda: PPOTrainer(tiny(), tiny(), count_a, TOK, PPOConfig(
         steps=4, batch_size=4, num_mini_batches=2, num_ppo_epochs=2, response_length=6, seed=3,
-        missing_eos_penalty=1.0, entropy_coef=0.01, log_every=0)),
+        missing_eos_penalty=1.0, entropy_coef=0.01, shared_value_trunk=True, log_every=0)),
     "ppo-separate-adaptive": lambda: PPOTrainer(tiny(), tiny(), count_a, TOK, PPOConfig(
         steps=4, batch_size=4, num_mini_batches=2, num_ppo_epochs=2, response_length=6, seed=3,
         adaptive_kl=True, kl_target=0.01, kl_horizon=50, whiten_rewards=True, log_every=0), value_model=tiny(5)),
@@ -168,6 +168,8 @@ def test_a_batch_larger_than_the_prompt_list_wraps_into_the_next_epoch():
         (lambda m: RLOOTrainer(m, tiny(), count_a, TOK, GRPOConfig()), TypeError, "config: expected a RLOOConfig"),
         (lambda m: RLOOTrainer(m, tiny(), count_a, object()), TypeError, "tokenizer: expected a CharTokenizer"),
         (lambda m: PPOTrainer(m, tiny(), count_a, TOK, value_model=m), ValueError, "value_model: expected a separate"),
+        (lambda m: PPOTrainer(m, tiny(), count_a, TOK, PPOConfig(shared_value_trunk=True), value_model=tiny()),
+         ValueError, "value_model: expected None with config.shared_value_trunk=True"),
     ],
 )
 def test_bad_trainer_arguments_raise(build, error, match):

@@ -26,6 +26,19 @@ def test_token_rewards_put_the_penalty_on_every_token_and_the_score_on_the_last(
                 assert kl[b, t] == pytest.approx(k, rel=1e-12, abs=1e-15)
 
 
+def test_the_default_value_model_is_a_separate_copy_of_the_reference():
+    (policy, reference), tok = sft_models()
+    trainer = PPOTrainer(policy, reference, sentiment_reward, tok, PPOConfig(response_length=RESPONSE_LENGTH))
+    assert not trainer.shared_value_head and trainer.value_model is not reference
+    for (name, p), (_, q) in zip(trainer.value_model.named_parameters(), reference.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+        assert not np.shares_memory(p.data, q.data), name
+    names = {n for n, _ in trainer.models.named_parameters()}
+    assert "value_model.wte" in names and "policy.wte" in names  # both trained, one optimiser
+    shared = PPOTrainer(*sft_models()[0], sentiment_reward, tok, PPOConfig(shared_value_trunk=True))
+    assert shared.shared_value_head and shared.value_model is None
+
+
 def test_rollout_and_update_score_tokens_with_the_same_function():
     """One epoch, one minibatch: the update's first forward sees the weights that sampled, at the same
     temperature, so every ratio is 1 (up to float32 rounding of a different batch shape): nothing clips."""
