@@ -78,6 +78,24 @@ _EXPORTS = {
     "policy_logps_forward": "alignment_np.trainers.lm_logprobs",
     "policy_logps_backward": "alignment_np.trainers.lm_logprobs",
     "load_checkpoint": "alignment_np.checkpoint",
+    # RLHF on the tiny GPT: one rollout, advantage estimators, GRPO / RLOO losses, the trainers
+    "response_forward": "alignment_np.trainers.lm_logprobs",
+    "response_backward": "alignment_np.trainers.lm_logprobs",
+    "Rollout": "alignment_np.rl.rollout",
+    "collect_rollout": "alignment_np.rl.rollout",
+    "gae_advantages": "alignment_np.rl.advantages",
+    "group_advantages": "alignment_np.rl.advantages",
+    "leave_one_out_advantages": "alignment_np.rl.advantages",
+    "grpo_loss": "alignment_np.losses.grpo",
+    "rloo_loss": "alignment_np.losses.rloo",
+    "best_of_n": "alignment_np.rl.best_of_n",
+    "best_of_n_kl": "alignment_np.rl.best_of_n",
+    "PPOConfig": "alignment_np.trainers.ppo",
+    "PPOTrainer": "alignment_np.trainers.ppo",
+    "GRPOConfig": "alignment_np.trainers.grpo",
+    "GRPOTrainer": "alignment_np.trainers.grpo",
+    "RLOOConfig": "alignment_np.trainers.rloo",
+    "RLOOTrainer": "alignment_np.trainers.rloo",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
