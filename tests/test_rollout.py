@@ -44,6 +44,8 @@ def test_samples_are_laid_out_as_documented():
         assert s.contains_eos[row] == (ids[-1] == TOK.eos_id) and (TOK.eos_id not in ids[:-1])
         assert s.completions[row] == TOK.decode(ids)
         assert np.all(tokens[row, p + length :] == TOK.pad_id)
+        end = s.response_ends[row]
+        assert attention[row, end] == 1 and (end + 1 == tokens.shape[1] or attention[row, end + 1] == 0)
     np.testing.assert_array_equal(to_numpy(s.response_tokens), tokens[:, p:])
 
 

@@ -86,6 +86,12 @@ class Samples:
         """(B, N) int64: the sampled response ids (pad after <eos>)."""
         return self.tokens[:, self.prompt_length:]
 
+    @property
+    def response_ends(self) -> np.ndarray:
+        """(B,) int64 host array: the column of ``tokens`` holding each response's last token
+        (its <eos> when it has one)."""
+        return self.prompt_length + self.response_lengths - 1
+
 
 @dataclass
 class Rollout(Samples):
