@@ -5,8 +5,8 @@ reward model, keep the highest (Stiennon et al. 2020; Nakano et al. 2021,
 WebGPT, "rejection sampling"). It moves the output distribution towards high
 reward at a KL cost that is known in advance: for a continuous reward (no
 ties), the best of N independent samples from pi_ref has density
-N F(y)^(N-1) pi_ref(y), whose KL from pi_ref is (Stiennon et al. 2020, App.
-G.3; Gao et al. 2022, Eq. 2)
+N F(y)^(N-1) pi_ref(y), whose KL from pi_ref is the expression used by
+Stiennon et al. 2020, Nakano et al. 2021 and Gao et al. 2022:
 
     KL(pi_BoN || pi_ref) = log N - (N - 1) / N.
 

@@ -35,9 +35,10 @@ the policy's own trunk (TinyGPT's ``value_head``; one forward with heads
 * Interference: shared sends the value loss's gradient into the trunk that
   writes the text. Early on the returns are far from the untrained value
   head's ~0, and that gradient moves the language model for reasons that
-  have nothing to do with the reward. Stiennon et al. 2020 (Sec. 3.4) use
-  completely separate parameters because sharing let the value function
-  "partially destroy the pretrained policy early in training"; InstructGPT
+  have nothing to do with the reward. Stiennon et al. 2020 (Sec. 3.4, human
+  feedback policies) give the value function completely separate parameters
+  so that its updates cannot partly destroy the pretrained policy early in
+  training, and initialise it from the reward model; InstructGPT
   (Ouyang et al. 2022) initialises its value function from the reward model;
   TRL's original ``PPOTrainer`` (``AutoModelForCausalLMWithValueHead``, up to
   v0.11) shared the trunk, its rewrite (v0.11+, the one followed here) keeps a
