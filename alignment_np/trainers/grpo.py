@@ -68,8 +68,9 @@ class GRPOConfig:
     num_mini_batches: int = 1
     """Minibatches per pass over the B rows (B must be divisible by it)."""
 
-    learning_rate: float = 1e-3
-    """AdamW's learning rate (constant)."""
+    learning_rate: float = 3e-4
+    """AdamW's learning rate (constant), as PPO's; at 1e-3 the sentiment policy reached a KL of
+    48 nats in 30 iterations of 64 prompts, repeating "good good good"."""
 
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay on matrices."""

@@ -58,8 +58,9 @@ class RLOOConfig:
     rloo_k: int = 4
     """k: completions per prompt (>= 2: the baseline is the mean of the other k - 1)."""
 
-    learning_rate: float = 1e-3
-    """AdamW's learning rate (constant)."""
+    learning_rate: float = 3e-4
+    """AdamW's learning rate (constant), as PPO's; at 1e-3 the sentiment policy reached a KL of
+    28 nats in 30 iterations of 64 prompts, repeating "great great great"."""
 
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay on matrices."""
