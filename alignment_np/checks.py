@@ -33,6 +33,8 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_finite_array",
+    "check_float_array",
+    "check_mask",
     "NonFiniteLossError",
     "check_finite_metrics",
 ]
@@ -139,6 +141,76 @@ def check_finite_array(name: str, x) -> None:
     where = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
     value = to_numpy(x)[where] if where else to_numpy(x)[()]
     raise ValueError(f"{name}: expected finite values, got {value} at index {where}")
+
+
+def _describe_value(x) -> str:
+    if isinstance(x, (str, bytes)):
+        return f"{type(x).__name__} {x[:40]!r}"
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        return f"a {type(x).__name__} of dtype {x.dtype} and shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def _as_array(name: str, x, xp, want: str):
+    """``x`` as an array of ``xp`` (or of its own module when ``xp`` is None), or TypeError."""
+    from .backend import get_array_module
+
+    if x is None or isinstance(x, (str, bytes, dict, set, frozenset)):
+        raise TypeError(f"{name}: expected {want}, got {_describe_value(x)}")
+    if xp is None:
+        xp = get_array_module(x)
+    elif hasattr(x, "shape") and get_array_module(x) is not xp:
+        raise TypeError(
+            f"{name}: expected a {xp.__name__} array like the other inputs, got "
+            f"{type(x).__module__}.{type(x).__name__}; move it with alignment_np.to_device"
+        )
+    try:
+        arr = xp.asarray(x)
+    except (TypeError, ValueError) as err:  # a ragged list, a list of dicts, ...
+        raise TypeError(f"{name}: expected {want}, got {type(x).__name__} that is not one ({err})") from None
+    return arr
+
+
+def check_float_array(name: str, x, xp=None, *, integers: bool = False):
+    """``x`` as a floating-point array (a list of numbers becomes one); TypeError otherwise.
+
+    xp: the array module the other inputs live on (None: ``x``'s own); an
+        array of the other backend raises TypeError (moving is explicit).
+    integers: also accept integer arrays (returned as they are; the caller
+        decides the float dtype), e.g. sparse 0/1 rewards.
+
+    None, strings, dicts, ragged or nested non-numeric lists, bool, complex
+    and object arrays raise TypeError naming ``name`` instead of a NumPy
+    error from deep inside a kernel. Shapes are the caller's to check.
+    """
+    want = "a floating-point array" + (" (or integers)" if integers else "")
+    arr = _as_array(name, x, xp, want)
+    kinds = "fiu" if integers else "f"
+    if arr.dtype.kind not in kinds:
+        raise TypeError(f"{name}: expected {want}, got dtype {arr.dtype}")
+    return arr
+
+
+def check_mask(name: str, mask, shape, xp=None, like: str = "the first argument"):
+    """``mask`` as a boolean array of ``shape`` (None stays None).
+
+    Accepts bools or numbers that are all 0 or 1 (1 = counted); anything
+    else (None aside) raises TypeError / ValueError naming ``name``.
+    like: what ``shape`` belongs to, for the message.
+    """
+    if mask is None:
+        return None
+    m = _as_array(name, mask, xp, "an array of 0/1 or bools")
+    if m.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected an array of 0/1 or bools, got dtype {m.dtype}")
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} like {like}, got {tuple(m.shape)}")
+    if m.dtype.kind != "b":
+        from .backend import get_array_module
+
+        if bool(get_array_module(m).any((m != 0) & (m != 1))):  # NaN is neither
+            raise ValueError(f"{name} must contain only 0 and 1 (or booleans), got other values")
+    return m.astype(bool)
 
 
 class NonFiniteLossError(FloatingPointError):
