@@ -212,6 +212,56 @@ def test_ppo_loss_float32_extreme_magnitudes(rng):
     np.testing.assert_allclose(grad, grad64, rtol=1e-4, atol=1e-4 * np.abs(grad64).max())
 
 
+@pytest.mark.parametrize("dtype, far", [(np.float32, 100.0), (np.float64, 1000.0)])
+def test_ppo_loss_overflowing_ratio_where_it_is_not_used_gives_exact_zero(dtype, far):
+    # log r = +far overflows exp (float32 at ~88, float64 at ~709). Entry 0: A > 0
+    # and r far above 1 + eps, the clipped term is the minimum: the true gradient
+    # is exactly 0 (it was nan: inf * 0). Entry 1: A = 0, r * A = 0. Entry 2: A < 0
+    # and r = e^-far underflows to 0: clipped (1 - eps) A, gradient 0.
+    new = np.array([0.0, 0.0, -far], dtype=dtype)
+    old = np.array([-far, -far, 0.0], dtype=dtype)
+    A = np.array([1.0, 0.0, -1.0], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow happens: exp never sees log r = far
+        loss, grad = ppo_loss(new, old, A, clip_ratio=0.2)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert np.all(grad == 0)
+    assert loss == pytest.approx(-(1.2 * 1.0 + 0.0 + 0.8 * -1.0) / 3, rel=1e-6)
+
+
+def test_ppo_loss_metrics_of_an_overflowing_float32_ratio_are_exact_in_float64():
+    new, old, A = (np.array([v], dtype=np.float32) for v in (0.0, -100.0, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, metrics = ppo_loss(new, old, A, return_metrics=True)
+    assert metrics["clip_fraction"] == 1.0
+    assert metrics["ratio_mean"] == pytest.approx(math.exp(100.0), rel=1e-12)
+    assert metrics["approx_kl"] == pytest.approx(math.exp(100.0) - 1.0 - 100.0, rel=1e-12)
+
+
+def test_ppo_loss_a_real_overflow_is_inf_and_loud_never_nan():
+    # A < 0 and r = e^100: the unclipped term r * A IS the minimum, and its true
+    # value (-2.7e43) does not fit float32. The loss is +inf, the gradient +inf,
+    # and NumPy warns: visible, not a finite number and not nan.
+    new, old, A = (np.array([v], dtype=np.float32) for v in (0.0, -100.0, -1.0))
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        loss, grad = ppo_loss(new, old, A)
+    assert loss == np.inf and grad[0] == np.inf
+
+
+@pytest.mark.parametrize("name", ["new_log_probs", "old_log_probs", "advantages"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_ppo_loss_refuses_non_finite_counted_entries(name, bad):
+    args = {"new_log_probs": -np.ones(3), "old_log_probs": -np.ones(3), "advantages": np.array([1.0, -1.0, 1.0])}
+    args[name] = args[name].copy()
+    args[name][1] = bad
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(1,\)"):
+        ppo_loss(**args)
+    # The same value in a masked-out entry is padding: ignored.
+    loss, grad = ppo_loss(**args, mask=np.array([1, 0, 1]))
+    assert np.isfinite(loss) and grad[1] == 0
+
+
 def test_ppo_loss_does_not_mutate_or_alias(rng):
     new, old, A = rng.normal(size=(2, 5)), rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
     mask = np.ones((2, 5), dtype=bool)
@@ -241,7 +291,7 @@ def test_ppo_loss_both_backends(xp, rng):
     [
         ({"old_log_probs": np.zeros(4)}, ValueError, r"old_log_probs must have shape \(3,\) like the first argument, got \(4,\)"),
         ({"advantages": np.zeros((3, 1))}, ValueError, r"advantages must have shape \(3,\).*got \(3, 1\)"),
-        ({"new_log_probs": np.array([-1, -2, -3])}, TypeError, r"new_log_probs must be a floating-point array, got dtype int"),
+        ({"new_log_probs": np.array([-1, -2, -3])}, TypeError, r"new_log_probs: expected a floating-point array, got dtype int"),
         ({"clip_ratio": 0.0}, ValueError, r"clip_ratio must lie strictly between 0.0 and 1.0, got 0.0"),
         ({"clip_ratio": 1.0}, ValueError, r"clip_ratio must lie strictly between 0.0 and 1.0, got 1.0"),
         ({"clip_ratio": float("nan")}, ValueError, r"clip_ratio must lie strictly between"),
@@ -391,12 +441,37 @@ def test_value_loss_float32_extreme():
     np.testing.assert_allclose(grad, grad64, rtol=1e-6)
 
 
+def test_value_loss_clipped_out_entry_with_an_overflow_gives_exact_zero():
+    # V moved from 3e38 to -3e38: far outside the clip range, so the clipped term
+    # (V_clip - R)^2 is the larger one and flat in V: the true gradient is 0. Its
+    # error V_clip - R overflows float32 to inf, and inf * 0 was nan.
+    V = np.array([-3e38, 1.0], dtype=np.float32)
+    old = np.array([3e38, 1.0], dtype=np.float32)
+    R = np.array([-3e38, 0.0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="raise"):  # an inf * 0 would raise here
+        loss, grad = value_loss(V, old, R, clip_range=0.2)
+    assert grad.dtype == np.float32 and grad[0] == 0 and grad[1] == pytest.approx(0.5)
+    assert loss == np.inf  # 0.5 * (6e38)^2 / 2 does not fit float32: inf, not nan
+
+
+@pytest.mark.parametrize("name", ["values", "old_values", "returns"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_value_loss_refuses_non_finite_counted_entries(name, bad):
+    args = {"values": np.zeros(3), "old_values": np.zeros(3), "returns": np.ones(3)}
+    args[name] = args[name].copy()
+    args[name][2] = bad
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(2,\)"):
+        value_loss(**args)
+    loss, _ = value_loss(**args, mask=np.array([1, 1, 0]))
+    assert loss == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize(
     "override, exc, match",
     [
         ({"old_values": np.zeros(2)}, ValueError, r"old_values must have shape \(3,\) like the first argument, got \(2,\)"),
         ({"returns": np.zeros((3, 3))}, ValueError, r"returns must have shape \(3,\).*got \(3, 3\)"),
-        ({"values": np.arange(3)}, TypeError, r"values must be a floating-point array"),
+        ({"values": np.arange(3)}, TypeError, r"values: expected a floating-point array"),
         ({"clip_range": 0.0}, ValueError, r"clip_range must lie strictly between 0.0 and inf, got 0.0"),
         ({"clip_range": -1.0}, ValueError, r"clip_range must lie strictly between"),
         ({"clip_range": [0.2]}, TypeError, r"clip_range must be a real number, got list"),
@@ -486,6 +561,22 @@ def test_entropy_with_banned_tokens():
     assert np.all(grad[np.isinf(logits)] == 0)
 
 
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ([0.0, np.nan, 1.0], r"logits: expected finite values, got nan at index \(1, 1\)"),
+        ([0.0, np.inf, 1.0], r"logits: expected finite values, got inf at index \(1, 1\)"),
+        ([-np.inf, -np.inf, -np.inf], r"at least one finite entry per row.*only -inf at index \(1,\)"),
+    ],
+)
+def test_entropy_refuses_nan_plus_inf_and_rows_with_no_token(row, match):
+    logits = np.array([[0.0, 1.0, 2.0], row])
+    with pytest.raises(ValueError, match=match):
+        entropy_from_logits(logits)
+    H, _ = entropy_from_logits(logits, mask=np.array([1, 0]))  # a padded row may hold anything
+    assert np.isfinite(H)
+
+
 def test_entropy_padding_purity_and_backends(xp, rng):
     logits = rng.normal(size=(2, 3, 5))
     mask = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
@@ -518,7 +609,7 @@ def test_entropy_matches_torch(case):
 @pytest.mark.parametrize(
     "logits, mask, exc, match",
     [
-        (np.zeros((2, 3), dtype=np.int64), None, TypeError, r"logits must be a floating-point array, got dtype int64"),
+        (np.zeros((2, 3), dtype=np.int64), None, TypeError, r"logits: expected a floating-point array, got dtype int64"),
         (np.zeros(()), None, ValueError, r"logits must have shape \(\.\.\., V\) with V >= 1, got \(\)"),
         (np.zeros((2, 0)), None, ValueError, r"logits must have shape \(\.\.\., V\) with V >= 1, got \(2, 0\)"),
         (np.zeros((2, 3, 4)), np.ones((2, 4)), ValueError, r"mask must have shape \(2, 3\) like logits.shape\[:-1\], got \(2, 4\)"),

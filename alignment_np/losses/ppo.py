@@ -13,6 +13,13 @@ entries: N below is their count. Masked-out entries may hold anything (TRL
 writes 1.0 into padded log-probs, others write -inf): they are replaced by 0
 before any arithmetic, get gradient 0 and never produce a nan.
 
+Non-finite inputs are refused: a NaN or an infinity in a counted entry of any
+input raises ValueError naming the argument and the index (a NaN must never
+come out as a finite loss). The one exception is a -inf logit in
+``entropy_from_logits``, which is a banned token, not an error. Wrong types
+(None, strings, ragged lists, integer arrays) raise TypeError naming the
+argument.
+
 References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
 (arXiv:1707.06347), Eq. 7 (clipped surrogate) and Eq. 9 (value loss and
 entropy bonus); the value-clipping form of OpenAI baselines' PPO2.
@@ -20,19 +27,19 @@ entropy bonus); the value-clipping form of OpenAI baselines' PPO2.
 
 from __future__ import annotations
 
+import math
 import numbers
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
+from ..checks import check_finite_array, check_float_array, check_mask
 from ..functional.stable import log_softmax
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _float_array(name: str, x, xp):
-    arr = xp.asarray(x)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
-    return arr
+def _float_arrays(xp, **arrays):
+    """The named inputs as floating-point arrays of ``xp`` (TypeError naming the bad one)."""
+    return [check_float_array(name, x, xp) for name, x in arrays.items()]
 
 
 def _check_same_shape(shape, **arrays) -> None:
@@ -50,16 +57,17 @@ def _mask_and_count(mask, shape, xp, what: str = "the first argument"):
         if n == 0:
             raise ValueError(f"cannot average over an empty array: {what} has shape {tuple(shape)}")
         return None, n
-    m = xp.asarray(mask)
-    if m.shape != tuple(shape):
-        raise ValueError(f"mask must have shape {tuple(shape)} like {what}, got {tuple(m.shape)}")
-    if m.dtype != xp.bool_ and bool(xp.any((m != 0) & (m != 1))):
-        raise ValueError("mask must contain only 0 and 1 (or booleans), got other values")
-    m = m.astype(bool)
+    m = check_mask("mask", mask, shape, xp, like=what)
     n = int(m.sum())
     if n == 0:
         raise ValueError("mask selects no entries (its sum is 0): there is nothing to average")
     return m, n
+
+
+def _check_finite(m, xp, **arrays) -> None:
+    """ValueError naming the first input with a NaN or an infinity where the mask counts it."""
+    for name, x in arrays.items():
+        check_finite_array(name, x if m is None else xp.where(m, x, 0))
 
 
 def _check_range(name: str, value, low: float, high: float) -> float:
@@ -68,6 +76,12 @@ def _check_range(name: str, value, low: float, high: float) -> float:
     if not low < float(value) < high:  # also rejects nan
         raise ValueError(f"{name} must lie strictly between {low} and {high}, got {value!r}")
     return float(value)
+
+
+def _mean(total, n: int):
+    """``total / n`` in ``total``'s dtype (a Python int would promote a float32
+    scalar to float64 under NumPy 1.x's rules for scalars)."""
+    return total / total.dtype.type(n)
 
 
 def _masked_mean(x, m, n, xp) -> float:
@@ -105,31 +119,30 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     ``-rho * A / N`` where the unclipped term is the minimum and exactly 0 where
     the clipped term is (see the six regions in the code).
 
-    rho is computed as written, with no clipping of the log-ratio: it overflows
-    (NumPy warns) only if the policy moved a probability by a factor of e^88
-    (float32) within one update, a run that has already diverged.
+    Extreme ratios: which term is active is decided on the log-ratio, and rho
+    is exponentiated only where rho * A is used, so a clipped-out entry (or
+    A = 0) gives exactly 0 however far the policy moved: old log-prob -100 and
+    new 0 in float32 (rho = e^100 overflows) give gradient 0 for A > 0, not
+    nan. Where the unclipped term is used and rho really overflows (A < 0, a
+    run that has already diverged), the loss and that gradient are +inf and
+    NumPy warns. The metrics are computed in float64 (finite up to log rho = 709).
     """
     xp = get_array_module(new_log_probs, old_log_probs, advantages, mask)
-    new_log_probs = _float_array("new_log_probs", new_log_probs, xp)
-    old_log_probs = _float_array("old_log_probs", old_log_probs, xp)
-    advantages = _float_array("advantages", advantages, xp)
+    new_log_probs, old_log_probs, advantages = _float_arrays(
+        xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages
+    )
     _check_same_shape(new_log_probs.shape, old_log_probs=old_log_probs, advantages=advantages)
     eps = _check_range("clip_ratio", clip_ratio, 0.0, 1.0)
     m, n = _mask_and_count(mask, new_log_probs.shape, xp, "new_log_probs")
+    _check_finite(m, xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages)
 
     if m is not None:  # padding holds anything: zero it before it meets exp or a subtraction
         new_log_probs = xp.where(m, new_log_probs, 0)
         old_log_probs = xp.where(m, old_log_probs, 0)
         advantages = xp.where(m, advantages, 0)  # so padded entries contribute 0 below
+    one = advantages.dtype.type(1)
 
-    log_ratio = new_log_probs - old_log_probs
-    ratio = xp.exp(log_ratio)  # rho = pi_theta / pi_old; d rho / d(new_log_prob) = rho
-    unclipped = ratio * advantages
-    clipped = xp.clip(ratio, 1.0 - eps, 1.0 + eps) * advantages
-    # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0 * ... = 0.
-    surrogate = xp.minimum(unclipped, clipped)
-    loss = -surrogate.sum() / n
-
+    log_ratio = new_log_probs - old_log_probs  # log rho, rho = pi_theta / pi_old
     # Which term is the minimum decides the gradient. Six regions, by the sign
     # of A and where rho lies (below, inside or above [1 - eps, 1 + eps]):
     #   A > 0, rho <  1 - eps: unclipped rho*A is the minimum -> d/dlogp = rho*A:
@@ -145,16 +158,31 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     # (A = 0 gives rho*A = 0 in every region.) The gradient is zero only where the
     # clipped term is active, NOT wherever rho lies outside [1 - eps, 1 + eps]:
     # that common bug agrees in four of the six regions and freezes the other two.
-    clipped_active = ((advantages > 0) & (ratio > 1.0 + eps)) | ((advantages < 0) & (ratio < 1.0 - eps))
-    grad_new_log_probs = -(ratio * advantages) * (~clipped_active) / n
+    # Decided on log rho (rho > 1 + eps <=> log rho > log(1 + eps)): no exp, no overflow.
+    clipped_active = ((advantages > 0) & (log_ratio > math.log1p(eps))) | (
+        (advantages < 0) & (log_ratio < math.log1p(-eps))
+    )
+    # rho only where rho * A is used. Elsewhere (clipped-out entries, A = 0) log rho
+    # is replaced by 0 BEFORE exp, so an overflowing rho there never meets a 0 (inf * 0 = nan).
+    idle = clipped_active | (advantages == 0)
+    ratio = xp.exp(xp.where(idle, 0, log_ratio))  # d rho / d(new_log_prob) = rho
+    unclipped = ratio * advantages  # rho * A (0 where A = 0)
+    # The clipped term where it is the minimum: clip(rho) is 1 + eps (A > 0) or 1 - eps (A < 0).
+    clipped = advantages * xp.where(advantages > 0, one + one.dtype.type(eps), one - one.dtype.type(eps))
+    # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0.
+    surrogate = xp.where(clipped_active, clipped, unclipped)
+    loss = -_mean(surrogate.sum(), n)
+    grad_new_log_probs = xp.where(clipped_active, 0, -unclipped) / n
 
     if not return_metrics:
         return loss, grad_new_log_probs
+    # In float64 (Python floats come out anyway): rho = e^100 is finite there.
+    log_ratio64 = log_ratio.astype(xp.float64)
     metrics = {
         "clip_fraction": _masked_mean(clipped_active, m, n, xp),
         # k3: each term (rho - 1) - log rho >= 0, and its mean under pi_old is KL(pi_old || pi_theta).
-        "approx_kl": _masked_mean((ratio - 1.0) - log_ratio, m, n, xp),
-        "ratio_mean": _masked_mean(ratio, m, n, xp),
+        "approx_kl": _masked_mean(xp.expm1(log_ratio64) - log_ratio64, m, n, xp),
+        "ratio_mean": _masked_mean(xp.exp(log_ratio64), m, n, xp),
     }
     return loss, grad_new_log_probs, metrics
 
@@ -184,13 +212,12 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
     eps_V from V_old cannot lower the loss. Returns ``(loss, grad_values)``.
     """
     xp = get_array_module(values, old_values, returns, mask)
-    values = _float_array("values", values, xp)
-    old_values = _float_array("old_values", old_values, xp)
-    returns = _float_array("returns", returns, xp)
+    values, old_values, returns = _float_arrays(xp, values=values, old_values=old_values, returns=returns)
     _check_same_shape(values.shape, old_values=old_values, returns=returns)
     if clip_range is not None:
         clip_range = _check_range("clip_range", clip_range, 0.0, float("inf"))
     m, n = _mask_and_count(mask, values.shape, xp, "values")
+    _check_finite(m, xp, values=values, old_values=old_values, returns=returns)
 
     if m is not None:  # padded entries become 0 everywhere, so they add 0 below
         values = xp.where(m, values, 0)
@@ -200,7 +227,7 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
     error = values - returns
     unclipped = error * error
     if clip_range is None:
-        loss = 0.5 * unclipped.sum() / n
+        loss = _mean((0.5 * unclipped).sum(), n)
         grad_values = error / n  # d/dV 0.5*(V - R)^2 = V - R
         metrics = {"clip_fraction": 0.0}
     else:
@@ -208,16 +235,17 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
         values_clipped = old_values + xp.clip(change, -clip_range, clip_range)
         clipped_error = values_clipped - returns
         clipped = clipped_error * clipped_error
-        loss = 0.5 * xp.maximum(unclipped, clipped).sum() / n
+        loss = _mean((0.5 * xp.maximum(unclipped, clipped)).sum(), n)
         # Gradient of the larger term, by region:
         #   unclipped >= clipped: d/dV 0.5*(V - R)^2 = V - R;
         #   clipped > unclipped:  d/dV 0.5*(V_clip - R)^2 = (V_clip - R) * dV_clip/dV,
         #                         with dV_clip/dV = 1 inside |V - V_old| < c and 0 outside.
         # The clipped term can only be strictly larger outside (inside, V_clip = V
         # and the terms are equal), so that branch is 0; written out as the chain
-        # rule so it reads like the derivation.
+        # rule so it reads like the derivation. ``where``, not ``* inside``: an
+        # overflowing clipped error times 0 would be nan, and the slope is exactly 0.
         inside = xp.abs(change) < clip_range
-        grad_values = xp.where(unclipped >= clipped, error, clipped_error * inside) / n
+        grad_values = xp.where(unclipped >= clipped, error, xp.where(inside, clipped_error, 0)) / n
         metrics = {"clip_fraction": _masked_mean(clipped > unclipped, m, n, xp)}
 
     grad_values = grad_values.astype(values.dtype, copy=False)
@@ -229,12 +257,25 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
 # ----------------------------------------------------------------------------- entropy
 
 
+def _check_logits(logits, m, xp) -> None:
+    """NaN or +inf anywhere counted, or a counted row of only -inf: ValueError."""
+    counted = logits if m is None else xp.where(m[..., None], logits, 0)
+    check_finite_array("logits", xp.where(counted == -xp.inf, 0, counted))  # -inf: a banned token
+    no_finite = ~xp.isfinite(counted).any(axis=-1)
+    if bool(no_finite.any()):
+        where = tuple(int(i) for i in to_numpy(xp.argwhere(no_finite))[0])
+        raise ValueError(
+            f"logits: expected at least one finite entry per row (a distribution), "
+            f"got a row of only -inf at index {where}"
+        )
+
+
 def entropy_from_logits(logits, mask=None):
     """Mean entropy of softmax(logits) over positions, and its gradient.
 
     logits: (..., V), e.g. (B, T, V): unnormalised scores over the vocabulary.
-            -inf entries (banned tokens) are allowed; a row must have at least
-            one finite entry.
+            -inf entries (banned tokens) are allowed; NaN and +inf are
+            refused (ValueError), and so is a row with no finite entry.
     mask:   optional, shape (...) = logits.shape[:-1]; the mean runs over
             masked-in positions. Masked-out rows may hold anything.
 
@@ -250,10 +291,11 @@ def entropy_from_logits(logits, mask=None):
     this gradient by ``-entropy_coef``.
     """
     xp = get_array_module(logits, mask)
-    logits = _float_array("logits", logits, xp)
+    logits = check_float_array("logits", logits, xp)
     if logits.ndim < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     m, n = _mask_and_count(mask, logits.shape[:-1], xp, "logits.shape[:-1]")
+    _check_logits(logits, m, xp)
     if m is not None:
         logits = xp.where(m[..., None], logits, 0)  # padded rows become uniform, then excluded
 
@@ -265,8 +307,8 @@ def entropy_from_logits(logits, mask=None):
     H = -(probs * log_probs).sum(axis=-1)  # (...)
     grad_logits = -probs * (log_probs + H[..., None]) / n
     if m is None:
-        entropy = H.sum() / n
+        entropy = _mean(H.sum(), n)
     else:
-        entropy = xp.where(m, H, 0).sum() / n
+        entropy = _mean(xp.where(m, H, 0).sum(), n)
         grad_logits = xp.where(m[..., None], grad_logits, 0)
     return entropy, grad_logits.astype(logits.dtype, copy=False)
