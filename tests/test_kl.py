@@ -123,6 +123,30 @@ def test_q_zero_where_p_is_not_gives_inf():
     assert kl[0] == np.inf and kl[1] == 0
 
 
+def test_p_that_underflows_but_is_not_zero_where_q_is_zero_gives_inf():
+    # p_1 = e^-200 underflows float32 to 0, but it is not 0: where q_1 = 0 the
+    # true KL is +inf (it was reported as 0). The gradient there is +inf, not nan.
+    log_p = np.array([0.0, -200.0], dtype=np.float32)
+    log_q = np.array([0.0, -np.inf], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kl, cache = kl_divergence_forward(log_p, log_q)
+        grad_p, grad_q = kl_divergence_backward(np.float32(1.0), cache)
+        grad_zero_dout, _ = kl_divergence_backward(np.float32(0.0), cache)
+    assert kl == np.inf and kl.dtype == np.float32
+    assert grad_p[1] == np.inf and grad_p[0] == 1.0 and grad_p.dtype == np.float32
+    assert np.all(grad_zero_dout == 0)
+
+
+@pytest.mark.parametrize("name", ["log_probs_p", "log_probs_q"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_kl_divergence_refuses_nan_and_plus_inf(name, bad):
+    args = {"log_probs_p": np.log(np.full((2, 3), 1 / 3)), "log_probs_q": np.log(np.full((2, 3), 1 / 3))}
+    args[name][1, 2] = bad
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(1, 2\)"):
+        kl_divergence(**args)
+
+
 def test_kl_extreme_float32_logits():
     z_p = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32)
     z_q = np.array([[1e4, 1e4, -1e4], [0.0, -1e4, 1e4]], dtype=np.float32)
@@ -177,7 +201,7 @@ def test_kl_matches_torch(pair):
     [
         (np.zeros((2, 3)), np.zeros((2, 4)), ValueError, r"log_probs_p and log_probs_q must have the same shape, got \(2, 3\) and \(2, 4\)"),
         (np.zeros(()), np.zeros(()), ValueError, r"log_probs_p must have shape \(\.\.\., V\)"),
-        (np.zeros(3, dtype=int), np.zeros(3), TypeError, r"log_probs_p must be a floating-point array .*got dtype int"),
+        (np.zeros(3, dtype=int), np.zeros(3), TypeError, r"log_probs_p: expected a floating-point array, got dtype int"),
     ],
 )
 def test_kl_divergence_rejects_bad_inputs(log_p, log_q, exc, match):
@@ -273,8 +297,8 @@ def test_estimators_extreme_float32():
         ({"kl_coef": float("nan")}, ValueError, r"kl_coef must be >= 0, got nan"),
         ({"kl_coef": "0.1"}, TypeError, r"kl_coef must be a real number, got str"),
         ({"ref_log_probs": np.zeros(4)}, ValueError, r"policy_log_probs and ref_log_probs must have the same shape, got \(3,\) and \(4,\)"),
-        ({"policy_log_probs": np.zeros(3, dtype=np.int32)}, TypeError, r"policy_log_probs must be a floating-point array"),
-        ({"mask": np.ones(2)}, ValueError, r"mask must have the shape of policy_log_probs \(3,\), got \(2,\)"),
+        ({"policy_log_probs": np.zeros(3, dtype=np.int32)}, TypeError, r"policy_log_probs: expected a floating-point array"),
+        ({"mask": np.ones(2)}, ValueError, r"mask must have shape \(3,\) like policy_log_probs, got \(2,\)"),
         ({"mask": np.array([0.5, 1, 1])}, ValueError, r"mask must contain only 0 and 1"),
     ],
 )
@@ -287,3 +311,40 @@ def test_kl_penalty_reward_rejects_bad_inputs(kwargs, exc, match):
         args.pop("kl_coef", None)
         with pytest.raises(exc, match=match):
             kl_estimate(**args)
+
+
+@pytest.mark.parametrize("name", ["policy_log_probs", "ref_log_probs"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_estimators_refuse_non_finite_counted_entries(name, bad):
+    args = {"policy_log_probs": -np.ones(3), "ref_log_probs": -np.ones(3)}
+    args[name][0] = bad
+    for estimator in ("k1", "k2", "k3"):
+        with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(0,\)"):
+            kl_estimate(**args, estimator=estimator)
+        with pytest.raises(ValueError, match=rf"{name}: expected finite values"):
+            kl_penalty_reward(**args, estimator=estimator)
+    assert kl_penalty_reward(**args, mask=np.array([0, 1, 1]))[0] == 0  # padding may hold it
+
+
+def test_k3_overflow_is_inf_and_a_zero_coefficient_still_gives_zero():
+    # The reference likes the token e^100 times more than the policy: k3 = e^100
+    # - 1 - 100 does not fit float32. The estimate is +inf (NumPy warns), never
+    # nan; with kl_coef = 0 (penalty off) the penalty is exactly 0 (0 * inf = nan before).
+    policy = np.array([-100.0, -1.0], dtype=np.float32)
+    ref = np.array([0.0, -1.0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="raise"):
+        k3 = kl_estimate(policy, ref, "k3")
+        off = kl_penalty_reward(policy, ref, kl_coef=0.0, estimator="k3")
+        on = kl_penalty_reward(policy, ref, kl_coef=0.1, estimator="k3")
+    assert k3[0] == np.inf and k3[1] == 0
+    assert off.dtype == np.float32 and np.all(off == 0)
+    assert on[0] == -np.inf and on[1] == 0
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_estimators_keep_float32_even_for_scalars(estimator):
+    # 0-d inputs are where NumPy 1.x promoted float32 * 0.5 to float64.
+    p, q = np.float32(-1.0), np.float32(-1.5)
+    assert kl_estimate(p, q, estimator).dtype == np.float32
+    assert kl_penalty_reward(p, q, kl_coef=0.1, estimator=estimator).dtype == np.float32
+    assert kl_penalty_reward(p, q, kl_coef=np.float64(0.1), estimator=estimator).dtype == np.float32

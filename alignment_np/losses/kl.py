@@ -22,6 +22,16 @@ Two different objects share the name "KL" in RLHF:
   Each satisfies E_{v ~ p}[k] = KL(p || q) (k2 only approximately). The
   penalised per-token reward is r_t - beta * k_t, beta = ``kl_coef``
   (Ziegler et al. 2019, Section 2.2; Ouyang et al. 2022, Eq. 2).
+
+Non-finite inputs: a NaN or +inf log-probability is refused everywhere
+(ValueError naming the argument and the index). ``kl_divergence`` accepts
+-inf (a token with probability 0) and returns the true value, which is +inf
+where Q is 0 but P is not. ``kl_estimate`` and ``kl_penalty_reward`` refuse
+-inf as well in counted entries: a sampled token has a finite log-prob under
+the policy that sampled it, and a reference that gives it probability 0
+would make the reward -inf. Masked-out entries may hold anything. Values so
+large that the estimate itself overflows (k3 for log omega > 88 in float32)
+give +inf and NumPy's overflow warning, never nan.
 """
 
 from __future__ import annotations
@@ -29,16 +39,14 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_array_module
+from ..checks import check_finite_array, check_float_array, check_mask
 
 ESTIMATORS = ("k1", "k2", "k3")
 
 
 def _float_pair(name_a: str, a, name_b: str, b, xp, min_ndim: int = 0):
-    a = xp.asarray(a)
-    b = xp.asarray(b)
-    for name, arr in ((name_a, a), (name_b, b)):
-        if arr.dtype.kind != "f":
-            raise TypeError(f"{name} must be a floating-point array of log-probabilities, got dtype {arr.dtype}")
+    a = check_float_array(name_a, a, xp)
+    b = check_float_array(name_b, b, xp)
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.ndim < min_ndim:
@@ -58,15 +66,21 @@ def kl_divergence_forward(log_probs_p, log_probs_q):
     """
     xp = get_array_module(log_probs_p)
     p = xp.exp(log_probs_p)
-    # Off the support of P (p = 0, log p = -inf) the term is 0 * (...) = 0 by
+    # Off the support of P (log p = -inf, p = 0) the term is 0 * (...) = 0 by
     # convention. Substituting 0 for both logs there BEFORE subtracting avoids
     # -inf - (-inf) = nan when Q is also 0, and 0 * inf = nan when only Q is.
-    support = p > 0
+    # The support is decided on log p, not on p: p = exp(-200) underflows to 0
+    # in float32 but is not 0, and where Q is 0 its term is +inf, not 0.
+    support = log_probs_p > -xp.inf
     log_ratio = xp.where(support, log_probs_p, 0) - xp.where(support, log_probs_q, 0)
     # Where p > 0 but q = 0 (log q = -inf) log_ratio = +inf and so is KL: P puts
-    # mass where Q puts none. That is the true value, not an overflow.
-    kl = (p * log_ratio).sum(axis=-1)
-    return kl, (p, log_ratio)
+    # mass where Q puts none. That is the true value, not an overflow. It is
+    # set apart so that an underflowed p never meets it (0 * inf = nan).
+    infinite = log_ratio == xp.inf
+    finite_ratio = xp.where(infinite, 0, log_ratio)
+    kl = (p * finite_ratio).sum(axis=-1)
+    kl = xp.where(infinite.any(axis=-1), xp.inf, kl).astype(p.dtype, copy=False)
+    return kl, (p, finite_ratio, infinite)
 
 
 def kl_divergence_backward(dout, cache):
@@ -80,11 +94,16 @@ def kl_divergence_backward(dout, cache):
     Each log p_v is treated as a free coordinate. Through a log-softmax the
     "+ 1" part is removed by ``log_softmax_backward`` (it is p, and
     p - p * sum(p) = 0), so both views agree.
+
+    Where the KL is infinite (q = 0 < p) the gradient w.r.t. that log p_v is
+    +inf times the sign of dout (0 where dout is 0).
     """
-    p, log_ratio = cache
+    p, finite_ratio, infinite = cache
     xp = get_array_module(p)
     g = xp.asarray(dout)[..., None]
-    grad_p = g * p * (log_ratio + 1.0)
+    grad_p = g * p * (finite_ratio + 1)
+    signed_inf = xp.where(g > 0, xp.inf, -xp.inf)
+    grad_p = xp.where(infinite & (g != 0), signed_inf, grad_p).astype(grad_p.dtype, copy=False)
     grad_q = -g * p
     return grad_p, grad_q
 
@@ -107,6 +126,8 @@ def kl_divergence(log_probs_p, log_probs_q, return_grad=False):
     """
     xp = get_array_module(log_probs_p, log_probs_q)
     log_probs_p, log_probs_q = _float_pair("log_probs_p", log_probs_p, "log_probs_q", log_probs_q, xp, 1)
+    for name, lp in (("log_probs_p", log_probs_p), ("log_probs_q", log_probs_q)):
+        check_finite_array(name, xp.where(lp == -xp.inf, 0, lp))  # -inf is probability 0: allowed
     kl, cache = kl_divergence_forward(log_probs_p, log_probs_q)
     if not return_grad:
         return kl
@@ -140,25 +161,19 @@ def kl_estimate(policy_log_probs, ref_log_probs, estimator="k1", mask=None):
     )
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
-    m = None
-    if mask is not None:
-        m = xp.asarray(mask)
-        if m.shape != policy_log_probs.shape:
-            raise ValueError(
-                f"mask must have the shape of policy_log_probs {tuple(policy_log_probs.shape)}, got {tuple(m.shape)}"
-            )
-        if m.dtype != xp.bool_ and bool(xp.any((m != 0) & (m != 1))):
-            raise ValueError("mask must contain only 0 and 1 (or booleans), got other values")
-        m = m.astype(bool)
+    m = check_mask("mask", mask, policy_log_probs.shape, xp, like="policy_log_probs")
+    if m is not None:
         # Padding may hold anything (-inf, 1.0): zero it before subtracting.
         policy_log_probs = xp.where(m, policy_log_probs, 0)
         ref_log_probs = xp.where(m, ref_log_probs, 0)
+    check_finite_array("policy_log_probs", policy_log_probs)
+    check_finite_array("ref_log_probs", ref_log_probs)
 
     log_ratio = policy_log_probs - ref_log_probs  # log(pi / pi_ref) at the sampled token
     if estimator == "k1":
         kl = log_ratio
     elif estimator == "k2":
-        kl = 0.5 * log_ratio * log_ratio
+        kl = log_ratio * log_ratio * log_ratio.dtype.type(0.5)
     else:  # k3 = (omega - 1) - log omega with log omega = log pi_ref - log pi
         log_omega = -log_ratio
         kl = xp.expm1(log_omega) - log_omega
@@ -186,4 +201,6 @@ def kl_penalty_reward(policy_log_probs, ref_log_probs, kl_coef=0.1, estimator="k
     if not float(kl_coef) >= 0:  # also rejects nan
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef!r}")
     kl = kl_estimate(policy_log_probs, ref_log_probs, estimator=estimator, mask=mask)
-    return -float(kl_coef) * kl
+    if float(kl_coef) == 0:  # the penalty is off: 0, even where k_t overflowed (0 * inf = nan)
+        return get_array_module(kl).zeros_like(kl)
+    return kl * kl.dtype.type(-float(kl_coef))  # a scalar of kl's dtype: no promotion on any NumPy
