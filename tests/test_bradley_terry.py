@@ -204,6 +204,8 @@ def test_reward_accuracy_counts_ties_as_wrong():
         (np.float64(1.0), np.float64(0.0), ValueError, r"reward_chosen: .*got \(\)"),
         (np.zeros(0), np.zeros(0), ValueError, r"at least one pair.*B = 0"),
         ([1.0, 2.0], np.zeros(2), TypeError, "reward_chosen: expected an array.*got list"),
+        (np.zeros(2), np.array([True, False]), TypeError, "reward_rejected: expected a float array of rewards, got dtype bool"),
+        (np.array(["a", "b"]), np.zeros(2), TypeError, "reward_chosen: expected a float array of rewards, got dtype <U1"),
     ],
 )
 def test_rejects_bad_rewards(fn, r_c, r_r, error, match):
@@ -211,9 +213,23 @@ def test_rejects_bad_rewards(fn, r_c, r_r, error, match):
         fn(r_c, r_r)
 
 
+@pytest.mark.parametrize("fn", [reward_model_loss, reward_accuracy])
+@pytest.mark.parametrize("which", ["reward_chosen", "reward_rejected"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_refuses_non_finite_rewards(fn, which, bad):
+    # A NaN compares False: the accuracy was 0 and the loss a number. Now: refused.
+    rewards = {"reward_chosen": np.array([1.0, 2.0, 3.0], dtype=np.float32), "reward_rejected": np.zeros(3, np.float32)}
+    rewards[which][1] = bad
+    with pytest.raises(ValueError, match=rf"{which}: expected finite values, got {bad} at index \(1,\)"):
+        fn(rewards["reward_chosen"], rewards["reward_rejected"])
+
+
 @pytest.mark.parametrize(
     "margin, error, match",
     [
+        (float("nan"), ValueError, r"margin: expected a finite number, got nan"),
+        (np.array([0.0, np.inf, 0.0]), ValueError, r"margin: expected finite values, got inf at index \(1,\)"),
+        (np.array(["a", "b", "c"]), TypeError, r"margin: expected a float array, got dtype <U1"),
         (np.zeros(4), ValueError, r"margin: .*shape \(3,\) or \(3, 1\), got \(4,\)"),
         (np.zeros((1, 3)), ValueError, r"margin: .*got \(1, 3\)"),
         ("0.5", TypeError, "margin: expected None, a number or an array.*got str"),

@@ -447,7 +447,7 @@ def test_logps_must_be_1d():
 
 
 def test_logps_must_be_float():
-    with pytest.raises(TypeError, match="ref_rejected_logps must be a float array.*int64"):
+    with pytest.raises(TypeError, match="ref_rejected_logps: expected a floating-point array, got dtype int64"):
         dpo_loss(GOOD[0], GOOD[1], GOOD[2], np.array([1, 2]))
 
 
@@ -460,6 +460,36 @@ def test_empty_batch_is_refused():
 def test_simpo_bad_gamma(gamma):
     with pytest.raises(ValueError, match=r"gamma must be a finite number >= 0, got"):
         simpo_loss(GOOD[0], GOOD[1], gamma=gamma)
+
+
+ARG_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logps_are_refused_by_every_variant(loss_type, index, bad):
+    # The hinge used to turn a NaN into a loss of 0, and the trainer's accuracy
+    # into 0: a NaN compares False. Now every entry point names the argument.
+    args = [np.array([-1.0, -2.0, -3.0]) for _ in range(4)]
+    args[index][2] = bad
+    name = ARG_NAMES[index]
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(2,\)"):
+        dpo_loss(*args, loss_type=loss_type)
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values"):
+        DPOTrainer(loss_type=loss_type).compute_loss(*args)
+    if index < 2:
+        with pytest.raises(ValueError, match=rf"{name}: expected finite values"):
+            simpo_loss(args[0], args[1])
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
+def test_each_variant_propagates_a_nan_h(loss_type):
+    h = np.array([0.5, np.nan, -0.5])
+    with np.errstate(invalid="ignore"):  # NumPy may warn on the nan; the nan is the point
+        losses, dlosses_dh = LOSS_TYPES[loss_type](h, 0.5)
+    assert np.isnan(losses[1]) and np.isnan(dlosses_dh[1])
+    assert np.all(np.isfinite(losses[[0, 2]])) and np.all(np.isfinite(dlosses_dh[[0, 2]]))
 
 
 def test_simpo_unequal_shapes():

@@ -29,13 +29,21 @@ A pair already ranked correctly by a wide margin (z >> 0) gives sigmoid(-z)
 Numerics: ``logsigmoid`` goes through ``logaddexp`` and ``sigmoid(-z)``
 through ``exp(logsigmoid(-z))``, so in float32 a pair ranked the wrong way
 round by 1e4 adds a finite 1e4 / B to the loss, and gradients stay in [0, 1/B].
+
+Non-finite inputs: ``reward_model_loss`` and ``reward_accuracy`` refuse a
+NaN or an infinite reward (or margin) with a ValueError naming the argument
+and the pair. A comparison with NaN is False, so an accuracy computed on a
+NaN reward would quietly count the pair as wrong, and a loss would average
+a NaN away into a number that looks like training.
 """
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 from ..backend import get_array_module
+from ..checks import check_finite_array
 from ..functional.stable import logsigmoid, sigmoid
 
 __all__ = ["reward_model_loss", "reward_accuracy"]
@@ -46,6 +54,8 @@ def _check_rewards(reward_chosen, reward_rejected) -> int:
     for name, r in (("reward_chosen", reward_chosen), ("reward_rejected", reward_rejected)):
         if not hasattr(r, "shape") or not hasattr(r, "ndim"):
             raise TypeError(f"{name}: expected an array of shape (B,) or (B, 1), got {type(r).__name__}")
+        if getattr(r, "dtype", None) is None or r.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected a float array of rewards, got dtype {getattr(r, 'dtype', None)}")
         if not (r.ndim == 1 or (r.ndim == 2 and r.shape[1] == 1)):
             raise ValueError(f"{name}: expected shape (B,) or (B, 1), one reward per pair, got {tuple(r.shape)}")
     if tuple(reward_chosen.shape) != tuple(reward_rejected.shape):
@@ -58,6 +68,8 @@ def _check_rewards(reward_chosen, reward_rejected) -> int:
     B = reward_chosen.shape[0]
     if B == 0:
         raise ValueError("reward_chosen: expected at least one pair, got an empty batch (B = 0)")
+    check_finite_array("reward_chosen", reward_chosen)
+    check_finite_array("reward_rejected", reward_rejected)
     return B
 
 
@@ -66,9 +78,14 @@ def _check_margin(margin, shape):
     if margin is None:
         return 0.0
     if isinstance(margin, Real) and not isinstance(margin, bool):
+        if not math.isfinite(float(margin)):
+            raise ValueError(f"margin: expected a finite number, got {margin!r}")
         return float(margin)
-    if not hasattr(margin, "shape"):
+    if not hasattr(margin, "shape") or getattr(margin, "dtype", None) is None:
         raise TypeError(f"margin: expected None, a number or an array of shape {shape}, got {type(margin).__name__}")
+    if margin.dtype.kind not in "fiu":
+        raise TypeError(f"margin: expected a float array, got dtype {margin.dtype}")
+    check_finite_array("margin", margin)
     if margin.ndim == 0:
         return margin
     B = shape[0]

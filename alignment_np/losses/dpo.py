@@ -46,6 +46,13 @@ with the margin mu (the paper's gamma, the argument ``gamma``), which is the
 sigmoid loss at ``h = (avg_c - avg_r) - mu / beta``.
 
 Shapes: every log-prob array is (B,), one entry per preference pair.
+
+Non-finite inputs: ``dpo_loss`` and ``simpo_loss`` refuse a NaN or an
+infinite log-prob with a ValueError naming the argument and the pair (a
+log-prob of -inf means a response the model cannot produce, where every
+variant's loss is undefined or infinite). The variants as functions of h
+(``sigmoid_loss`` ...) trust their inputs and propagate NaN: a NaN h gives
+a NaN loss and a NaN gradient, never 0.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import math
 import numbers
 
 from ..backend import get_array_module
+from ..checks import check_finite_array, check_float_array
 from ..functional.stable import logsigmoid, sigmoid
 
 __all__ = [
@@ -107,12 +115,13 @@ def hinge_loss(h, beta, label_smoothing=0.0):
 
     h: (B,). Returns (losses (B,), dlosses_dh (B,)); at the kink 1 - beta h = 0
     the subgradient 0 is used. label_smoothing is unused.
+    A NaN h gives a NaN loss and gradient: ``maximum`` and ``heaviside``
+    propagate it, where a comparison (NaN > 0 is False) would give 0.
     """
     xp = get_array_module(h)
     slack = 1.0 - beta * h
-    active = slack > 0
-    losses = xp.where(active, slack, xp.zeros_like(slack))
-    dlosses_dh = xp.where(active, -beta * xp.ones_like(slack), xp.zeros_like(slack))
+    losses = xp.maximum(slack, 0)
+    dlosses_dh = -beta * xp.heaviside(slack, 0)  # 1 where slack > 0, 0 where <= 0, nan where nan
     return losses, dlosses_dh
 
 
@@ -187,17 +196,7 @@ def check_dpo_hyperparameters(beta, label_smoothing, loss_type):
 def _check_logps(arrays: dict):
     """The named (B,) float log-prob arrays, as arrays of one module; equal 1-D shapes."""
     xp = get_array_module(*arrays.values())
-    out = {}
-    for name, a in arrays.items():
-        if get_array_module(a) is not xp and hasattr(a, "shape"):
-            raise TypeError(
-                f"{name} is a {type(a).__module__} array but another input is a "
-                f"{xp.__name__} array; move them to one device with alignment_np.to_device"
-            )
-        a = xp.asarray(a)
-        if a.dtype.kind != "f":
-            raise TypeError(f"{name} must be a float array of log-probs, got dtype {a.dtype}")
-        out[name] = a
+    out = {name: check_float_array(name, a, xp) for name, a in arrays.items()}
     shapes = {name: tuple(a.shape) for name, a in out.items()}
     listing = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
     if len(set(shapes.values())) != 1:
@@ -207,6 +206,8 @@ def _check_logps(arrays: dict):
         raise ValueError(f"the log-prob arrays must be 1-D, shape (B,), got {listing}")
     if shape[0] == 0:
         raise ValueError("the log-prob arrays are empty (B = 0): the mean loss is undefined")
+    for name, a in out.items():
+        check_finite_array(name, a)
     return tuple(out.values())
 
 
