@@ -148,6 +148,11 @@ def test_empty_buffer_cannot_compute_advantages():
         ({"done": 2}, r"done must be a boolean \(or 0/1\), got"),
         ({"done": "yes"}, r"done must be a boolean \(or 0/1\), got"),
         ({"state": np.zeros(4)}, r"state has shape \(4,\), but earlier states in this buffer have shape \(3,\)"),
+        ({"reward": float("nan")}, r"reward: expected finite values, got nan"),
+        ({"value": np.inf}, r"value: expected finite values, got inf"),
+        ({"log_prob": np.float32(-np.inf)}, r"log_prob: expected finite values, got -inf"),
+        ({"done": None}, r"done must be a boolean \(or 0/1\), got None"),
+        ({"done": float("nan")}, r"done must be a boolean \(or 0/1\), got nan"),
     ],
 )
 def test_add_validates(override, match):
@@ -158,3 +163,22 @@ def test_add_validates(override, match):
     with pytest.raises(ValueError, match=match):
         buffer.add(**step)
     assert len(buffer) == 1  # a rejected step is not stored
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"reward": "1.0"}, r"reward: expected a floating-point array \(or integers\), got str"),
+        ({"reward": None}, r"reward: expected a floating-point array \(or integers\), got NoneType"),
+        ({"value": True}, r"value: expected a number, got bool True"),
+        ({"log_prob": {"lp": -1.0}}, r"log_prob: expected a floating-point array \(or integers\), got dict"),
+        ({"state": [[1.0], [2.0, 3.0]]}, r"state: expected an array or a number, got list"),
+    ],
+)
+def test_add_refuses_wrong_types_naming_the_argument(override, match):
+    buffer = PPOBuffer()
+    step = {"state": np.zeros(3), "action": 1, "reward": 1.0, "value": 0.5, "log_prob": -0.2, "done": False}
+    step.update(override)
+    with pytest.raises(TypeError, match=match):
+        buffer.add(**step)
+    assert len(buffer) == 0

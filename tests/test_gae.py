@@ -196,6 +196,47 @@ def test_extreme_float32_magnitudes_stay_finite():
     np.testing.assert_allclose(adv, ref, rtol=1e-5, atol=1e-5 * 1e4 * 16)
 
 
+@pytest.mark.parametrize("cut", ["dones", "mask"])
+def test_an_overflow_in_the_next_episode_does_not_turn_into_nan(cut):
+    # Steps 2-3 form an episode whose advantage at step 2 is 3e38 + 3e38: it
+    # overflows float32 to inf (the true value does not fit). Step 1 ended the
+    # previous episode (a done there, or padding after it), so nothing of it
+    # flows back: its advantage is exactly 0 (it was 0 * inf = nan).
+    r = np.array([0.0, 0.0, 3e38, 3e38], dtype=np.float32)
+    v = np.zeros(4, dtype=np.float32)
+    kwargs = {"dones": np.array([0, 1, 0, 0])} if cut == "dones" else {"mask": np.array([1, 1, 0, 0])}
+    if cut == "mask":  # padding must not be counted: put the big episode in a second row
+        r, v = np.stack([np.zeros(4, np.float32), r]), np.stack([v, v])
+        kwargs = {"mask": np.array([[1, 1, 0, 0], [1, 1, 1, 1]]), "dones": np.array([[0, 0, 0, 0], [0, 1, 0, 0]])}
+    with np.errstate(over="ignore", invalid="raise"):  # a 0 * inf would raise here
+        adv, _ = compute_gae(r, v, gamma=1.0, lam=1.0, **kwargs)
+    adv = np.atleast_2d(adv)[-1]
+    assert adv.dtype == np.float32
+    assert adv[0] == 0 and adv[1] == 0 and adv[2] == np.inf and adv[3] == np.float32(3e38)
+
+
+@pytest.mark.parametrize("name", ["rewards", "values"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_counted_rewards_or_values_are_refused(name, bad):
+    args = {"rewards": np.zeros((2, 3)), "values": np.zeros((2, 3))}
+    args[name][1, 0] = bad
+    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(1, 0\)"):
+        compute_gae(**args)
+    adv, _ = compute_gae(**args, mask=np.array([[1, 1, 1], [0, 1, 1]]))  # padding may hold it
+    assert np.all(np.isfinite(adv))
+    with pytest.raises(ValueError, match=r"last_value: expected finite values, got nan"):
+        compute_gae(np.zeros(3), np.zeros(3), last_value=float("nan"))
+
+
+def test_one_trajectory_in_float32_stays_float32():
+    # (T,) inputs index to 0-d arrays, where NumPy 1.x promoted float32 * gamma to float64.
+    r = np.array([1.0, 0.5, 2.0], dtype=np.float32)
+    adv, ret = compute_gae(r, np.zeros(3, np.float32), gamma=0.9, lam=0.8, last_value=np.float32(1.0))
+    assert adv.dtype == np.float32 and ret.dtype == np.float32
+    ref, _ = compute_gae_reference(r, np.zeros(3), gamma=0.9, lam=0.8, last_value=1.0)
+    np.testing.assert_allclose(adv, ref, rtol=1e-6)
+
+
 def test_inputs_not_mutated_and_outputs_not_views(rng):
     r, v = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
     dones = np.zeros((2, 5), dtype=bool)
@@ -271,6 +312,47 @@ def test_whiten_extreme_float32(rng):
     np.testing.assert_allclose(out.std(ddof=1), 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e30, 3e38])
+def test_whiten_huge_float32_values(scale):
+    # The variance of x = scale * [-1.5, -0.5, 0.5, 1.5] overflows float32 (it
+    # was inf, and every output 0); the statistics are exact in float64 on x / max|x|.
+    base = np.array([-1.5, -0.5, 0.5, 1.5])
+    x = (base / 1.5 * scale).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = whiten(x)
+        kept = whiten(x, shift_mean=False)
+    expected = (base - base.mean()) / base.std(ddof=1)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_allclose(kept, expected + float(x.astype(np.float64).mean()), rtol=1e-6, atol=1e-6)
+
+
+def test_whiten_huge_float32_mean_with_a_small_spread():
+    # Shifting by the mean first: 1e6 + [0, 1, 2, 3] (float32 keeps integers up to 2^24 exactly).
+    x = np.float32(1e6) + np.arange(4, dtype=np.float32)
+    out = whiten(x, eps=0.0)
+    base = np.arange(4.0)
+    np.testing.assert_allclose(out, (base - base.mean()) / base.std(ddof=1), rtol=1e-6)
+
+
+def test_whiten_huge_and_tiny_float64_values():
+    base = np.array([-1.5, -0.5, 0.5, 1.5])
+    expected = (base - base.mean()) / np.sqrt(base.var(ddof=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(whiten(base * 1e300), expected, rtol=1e-12)
+        # tiny values: the variance (1e-600) is far below eps, so eps decides: ~0
+        np.testing.assert_allclose(whiten(base * 1e-300), 0.0, atol=1e-280)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_whiten_refuses_non_finite_counted_entries(bad):
+    x = np.array([1.0, 2.0, bad, 4.0])
+    with pytest.raises(ValueError, match=rf"x: expected finite values, got {bad} at index \(2,\)"):
+        whiten(x)
+
+
 def test_whiten_ignores_padding_contents(xp):
     x = xp.asarray([[1.0, 2.0, 3.0, np.nan], [4.0, 5.0, np.inf, -np.inf]])
     mask = xp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]])
@@ -289,7 +371,7 @@ def test_whiten_ignores_padding_contents(xp):
     [
         ({"rewards": np.zeros((2, 2, 2)), "values": np.zeros((2, 2, 2))}, ValueError, r"rewards must have shape \(T,\) or \(B, T\)"),
         ({"rewards": np.zeros(()), "values": np.zeros(())}, ValueError, r"rewards must have shape"),
-        ({"values": np.zeros((2, 4))}, ValueError, r"values must have the shape of rewards \(2, 3\), got \(2, 4\)"),
+        ({"values": np.zeros((2, 4))}, ValueError, r"values must have shape \(2, 3\) like rewards, got \(2, 4\)"),
         ({"rewards": np.zeros((2, 0)), "values": np.zeros((2, 0))}, ValueError, r"at least one time step"),
         ({"gamma": -0.1}, ValueError, r"gamma must lie in \[0, 1\], got -0.1"),
         ({"gamma": 1.5}, ValueError, r"gamma must lie in \[0, 1\]"),
@@ -297,9 +379,9 @@ def test_whiten_ignores_padding_contents(xp):
         ({"gamma": "0.9"}, TypeError, r"gamma must be a real number"),
         ({"lam": 2.0}, ValueError, r"lam must lie in \[0, 1\], got 2.0"),
         ({"last_value": np.zeros(3)}, ValueError, r"last_value must be a scalar or have shape \(2,\).*got shape \(3,\)"),
-        ({"dones": np.zeros((3, 2))}, ValueError, r"dones must have the shape of rewards \(2, 3\), got \(3, 2\)"),
+        ({"dones": np.zeros((3, 2))}, ValueError, r"dones must have shape \(2, 3\) like rewards, got \(3, 2\)"),
         ({"dones": np.full((2, 3), 2)}, ValueError, r"dones must contain only 0 and 1"),
-        ({"mask": np.zeros(3)}, ValueError, r"mask must have the shape of rewards"),
+        ({"mask": np.zeros(3)}, ValueError, r"mask must have shape \(2, 3\) like rewards"),
         ({"mask": np.full((2, 3), 0.5)}, ValueError, r"mask must contain only 0 and 1"),
     ],
 )
@@ -313,8 +395,8 @@ def test_compute_gae_rejects_bad_inputs(kwargs, exc, match):
 @pytest.mark.parametrize(
     "x, kwargs, exc, match",
     [
-        (np.arange(4), {}, TypeError, r"x must be a floating-point array, got dtype int"),
-        (np.zeros(4), {"mask": np.ones(3)}, ValueError, r"mask must have the shape of x \(4,\), got \(3,\)"),
+        (np.arange(4), {}, TypeError, r"x: expected a floating-point array, got dtype int"),
+        (np.zeros(4), {"mask": np.ones(3)}, ValueError, r"mask must have shape \(4,\) like x, got \(3,\)"),
         (np.zeros(4), {"mask": np.array([1, 0, 0, 0])}, ValueError, r"at least 2 counted entries.*got 1"),
         (np.zeros(4), {"mask": np.zeros(4), "unbiased": False}, ValueError, r"at least 1 counted entries.*got 0"),
         (np.zeros(4), {"mask": np.array([1, 2, 0, 0])}, ValueError, r"mask must contain only 0 and 1"),

@@ -96,6 +96,9 @@ def test_adaptive_constructor_validates(args, exc, match):
     [
         (float("nan"), 10, ValueError, r"current_kl must be finite, got nan"),
         ("high", 10, TypeError, r"current_kl must be a real number"),
+        ("0.5", 10, TypeError, r"current_kl must be a real number .*got str '0.5'"),
+        (True, 10, TypeError, r"current_kl must be a real number .*got bool True"),
+        (np.float64(np.inf), 10, ValueError, r"current_kl must be finite, got inf"),
         (np.ones(3), 10, TypeError, r"current_kl must be a real number"),
         (1.0, -1, ValueError, r"n_steps must be >= 0, got -1"),
         (1.0, 2.5, TypeError, r"n_steps must be an int, got float 2.5"),

@@ -24,16 +24,44 @@ Usage::
 from __future__ import annotations
 
 from ..backend import get_array_module
+from ..checks import check_finite_array, check_float_array
 from .gae import _check_unit_interval, compute_gae
 
 
-def _scalar(name: str, x):
-    """``x`` as a 0-d array (a Python number or a size-1 array), or ValueError."""
-    xp = get_array_module(x)
-    arr = xp.asarray(x)
+def _scalar(name: str, x, finite: bool = True):
+    """``x`` as a 0-d array (a Python number or a size-1 array), or ValueError / TypeError.
+
+    finite: refuse NaN and infinities (rewards, values and log-probs feed GAE
+    and the PPO loss, which refuse them too: better to say so at the step).
+    """
+    if isinstance(x, (bool, get_array_module(x).bool_)):
+        raise TypeError(f"{name}: expected a number, got bool {x!r}")
+    arr = check_float_array(name, x, integers=True)
     if arr.size != 1:
         raise ValueError(f"{name} must be a scalar (one number per step), got shape {tuple(arr.shape)}")
-    return arr.reshape(())
+    arr = arr.reshape(())
+    if finite:
+        check_finite_array(name, arr)
+    return arr
+
+
+def _done(done) -> bool:
+    """True, False, 0, 1 and their NumPy / 0-d array forms; ValueError for anything else."""
+    try:
+        arr = None if isinstance(done, (str, bytes)) else get_array_module(done).asarray(done)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "biuf" or arr.reshape(()) not in (0, 1):
+        raise ValueError(f"done must be a boolean (or 0/1), got {done!r}")
+    return bool(arr.reshape(()))
+
+
+def _any_array(name: str, x):
+    """``x`` as an array of its own module (an observation or action of any shape), or TypeError."""
+    try:
+        return get_array_module(x).asarray(x)
+    except (TypeError, ValueError) as err:  # e.g. a ragged list
+        raise TypeError(f"{name}: expected an array or a number, got {type(x).__name__} that is not one ({err})") from None
 
 
 class PPOBuffer:
@@ -72,13 +100,13 @@ class PPOBuffer:
 
         state:    the observation s_t (any shape, the same for every step).
         action:   the action a_t (a token id, an int, or an array).
-        reward:   scalar r_t.
-        value:    scalar V(s_t) from the critic.
-        log_prob: scalar log pi_old(a_t | s_t) of the action taken.
+        reward:   scalar r_t (finite: NaN and infinities raise ValueError).
+        value:    scalar V(s_t) from the critic (finite).
+        log_prob: scalar log pi_old(a_t | s_t) of the action taken (finite).
         done:     True if the episode ended at this step.
         """
-        xp = get_array_module(state)
-        state = xp.asarray(state)
+        state = _any_array("state", state)
+        action = _any_array("action", action)
         if self.states and state.shape != self.states[0].shape:
             raise ValueError(
                 f"state has shape {tuple(state.shape)}, but earlier states in this buffer "
@@ -87,11 +115,9 @@ class PPOBuffer:
         reward = _scalar("reward", reward)
         value = _scalar("value", value)
         log_prob = _scalar("log_prob", log_prob)
-        done = _scalar("done", done)
-        if done not in (0, 1):  # True, False, 0, 1 and their NumPy / 0-d array forms
-            raise ValueError(f"done must be a boolean (or 0/1), got {done!r}")
+        done = _done(done)
         self.states.append(state)
-        self.actions.append(get_array_module(action).asarray(action))
+        self.actions.append(action)
         self.rewards.append(reward)
         self.values.append(value)
         self.log_probs.append(log_prob)

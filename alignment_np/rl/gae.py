@@ -42,11 +42,13 @@ the hole.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
+from ..checks import check_finite_array, check_float_array, check_mask
 
 
 def _check_unit_interval(name: str, value) -> float:
@@ -58,24 +60,18 @@ def _check_unit_interval(name: str, value) -> float:
     return float(value)
 
 
-def _check_binary(name: str, arr, xp) -> None:
-    """Raise ValueError unless every entry of ``arr`` is 0 or 1 (bools pass)."""
-    if arr.dtype != xp.bool_ and bool(xp.any((arr != 0) & (arr != 1))):
-        raise ValueError(f"{name} must contain only 0 and 1 (or booleans), got other values")
-
-
 def _check_gae_inputs(rewards, values, gamma, lam, last_value, dones, mask):
     """Validate and convert the arguments of ``compute_gae`` (public boundary)."""
     xp = get_array_module(rewards, values, last_value, dones, mask)
-    rewards = xp.asarray(rewards)
-    values = xp.asarray(values)
+    rewards = check_float_array("rewards", rewards, xp, integers=True)
+    values = check_float_array("values", values, xp, integers=True)
     if rewards.ndim not in (1, 2):
         raise ValueError(
             f"rewards must have shape (T,) or (B, T), got shape {tuple(rewards.shape)}"
         )
     if values.shape != rewards.shape:
         raise ValueError(
-            f"values must have the shape of rewards {tuple(rewards.shape)}, got {tuple(values.shape)}"
+            f"values must have shape {tuple(rewards.shape)} like rewards, got {tuple(values.shape)}"
         )
     if rewards.shape[-1] == 0:
         raise ValueError(f"rewards must have at least one time step, got shape {tuple(rewards.shape)}")
@@ -84,25 +80,20 @@ def _check_gae_inputs(rewards, values, gamma, lam, last_value, dones, mask):
     # Integers (e.g. sparse 0/1 rewards) compute in float64; floats keep their dtype.
     dtype = xp.result_type(rewards.dtype, values.dtype, 0.0)
 
-    last_value = xp.asarray(last_value, dtype=dtype)
+    last_value = check_float_array("last_value", last_value, xp, integers=True).astype(dtype, copy=False)
     batch_shape = rewards.shape[:-1]  # () or (B,)
     if last_value.shape not in ((), batch_shape):
         raise ValueError(
             f"last_value must be a scalar or have shape {tuple(batch_shape)} (one per row of rewards), "
             f"got shape {tuple(last_value.shape)}"
         )
-
-    checked = []
-    for name, arr in (("dones", dones), ("mask", mask)):
-        if arr is not None:
-            arr = xp.asarray(arr)
-            if arr.shape != rewards.shape:
-                raise ValueError(
-                    f"{name} must have the shape of rewards {tuple(rewards.shape)}, got {tuple(arr.shape)}"
-                )
-            _check_binary(name, arr, xp)
-        checked.append(arr)
-    return xp, rewards, values, gamma, lam, last_value, checked[0], checked[1], dtype
+    check_finite_array("last_value", last_value)
+    dones = check_mask("dones", dones, rewards.shape, xp, like="rewards")
+    mask = check_mask("mask", mask, rewards.shape, xp, like="rewards")
+    # Padding's rewards and values may hold anything (even nan); counted ones must be finite.
+    for name, arr in (("rewards", rewards), ("values", values)):
+        check_finite_array(name, arr if mask is None else xp.where(mask, arr, 0))
+    return xp, rewards, values, gamma, lam, last_value, dones, mask, dtype
 
 
 def compute_gae(rewards, values, gamma=0.99, lam=0.95, last_value=0.0, dones=None, mask=None):
@@ -128,31 +119,37 @@ def compute_gae(rewards, values, gamma=0.99, lam=0.95, last_value=0.0, dones=Non
     xp, rewards, values, gamma, lam, last_value, dones, mask, dtype = _check_gae_inputs(
         rewards, values, gamma, lam, last_value, dones, mask
     )
-    not_done = xp.ones(rewards.shape, dtype=dtype)
+    not_done = xp.ones(rewards.shape, dtype=bool)  # may V_{t+1} and A_{t+1} flow into step t?
     if dones is not None:
-        not_done = not_done - dones.astype(dtype)
+        not_done = ~dones
     if mask is not None:
-        m = mask.astype(bool)
+        m = mask
         # Padding's reward and value are ignored (``where``, not ``*``: 0 * nan is nan).
         rewards = xp.where(m, rewards, 0).astype(dtype)
         values = xp.where(m, values, 0).astype(dtype)
         # A step followed by padding is terminal. The step after T-1 is "real"
         # so that a full-length row bootstraps from last_value.
         next_is_real = xp.concatenate([m[..., 1:], xp.ones(m.shape[:-1] + (1,), dtype=bool)], axis=-1)
-        not_done = not_done * next_is_real.astype(dtype)
+        not_done = not_done & next_is_real
     else:
         rewards = rewards.astype(dtype, copy=False)
         values = values.astype(dtype, copy=False)
 
+    # The discounts as scalars of the data's dtype: a Python float times a 0-d
+    # float32 array is float64 under NumPy 1.x.
+    gamma, gamma_lam, zero = dtype.type(gamma), dtype.type(gamma * lam), dtype.type(0)
     T = rewards.shape[-1]
     advantages = xp.zeros(rewards.shape, dtype=dtype)
     next_value = last_value  # V_{t+1}; scalar or (B,)
     next_advantage = xp.zeros(rewards.shape[:-1], dtype=dtype)  # A_{t+1}, A_T = 0
     for t in range(T - 1, -1, -1):
-        delta = rewards[..., t] + gamma * not_done[..., t] * next_value - values[..., t]  # Eq. 11
-        adv_t = delta + gamma * lam * not_done[..., t] * next_advantage  # Eq. 16, backwards
+        # At an episode end the future is cut with ``where``, not ``* 0``: an
+        # advantage that overflowed to inf in the next episode must not turn into nan here.
+        nd = not_done[..., t]
+        delta = rewards[..., t] + xp.where(nd, gamma * next_value, zero) - values[..., t]  # Eq. 11
+        adv_t = delta + xp.where(nd, gamma_lam * next_advantage, zero)  # Eq. 16, backwards
         if mask is not None:
-            adv_t = xp.where(m[..., t], adv_t, 0).astype(dtype)
+            adv_t = xp.where(m[..., t], adv_t, zero)
         advantages[..., t] = adv_t
         next_value = values[..., t]
         next_advantage = adv_t
@@ -201,47 +198,60 @@ def compute_gae_reference(rewards, values, gamma=0.99, lam=0.95, last_value=0.0,
 def whiten(x, mask=None, shift_mean=True, eps=1e-8, unbiased=True):
     """Normalise ``x`` to mean 0 and standard deviation 1 over its (masked) entries.
 
-    x:          any shape, e.g. advantages (B, T).
+    x:          any shape, e.g. advantages (B, T); counted entries must be
+                finite (ValueError otherwise).
     mask:       optional, same shape, 1 on entries that count; masked-out entries
                 are excluded from the statistics and returned as 0.
     shift_mean: if False, the mean is added back: only the scale changes (TRL
                 whitens rewards this way).
     eps:        added to the variance before the square root. When every
                 counted entry is equal, the variance is 0 and ``x - mean`` is 0,
-                so the result is 0 instead of 0/0 = nan; for any real spread
-                (variance >> 1e-8) it changes nothing. This is the standard
-                guard in the denominator (TRL's ``masked_whiten`` uses 1e-8).
+                so the result is 0 instead of 0/0 = nan (also with eps = 0); for
+                any real spread (variance >> 1e-8) it changes nothing. This is
+                the standard guard in the denominator (TRL's ``masked_whiten``
+                uses 1e-8).
     unbiased:   use the sample variance (divide by n - 1, Bessel's correction),
                 as TRL's ``masked_var`` does; needs at least 2 counted entries.
 
     Returns ``(x - mean) / sqrt(var + eps)`` (+ mean when ``shift_mean`` is
     False), same shape and dtype as ``x``. The mean and variance are computed
     over all counted entries together (the whole batch), not per row.
+
+    Numerics: the statistics are accumulated in float64 (float32 sums of
+    squares overflow at |x| ~ 1e19), by two passes (the mean first, then the
+    variance of the centred values: no cancellation), and on x divided by
+    s = max |x|, so that neither the sum nor the squares can overflow even in
+    float64. With y = x / s: out = (y - mean(y)) / sqrt(var(y) + eps / s^2),
+    the same number as the formula above.
     """
     xp = get_array_module(x, mask)
-    x = xp.asarray(x)
-    if x.dtype.kind != "f":
-        raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+    x = check_float_array("x", x, xp)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"eps must be a non-negative real number, got {eps!r}")
-    if mask is None:
+    m = check_mask("mask", mask, x.shape, xp, like="x")
+    if m is None:
         m = xp.ones(x.shape, dtype=bool)
-    else:
-        m = xp.asarray(mask)
-        if m.shape != x.shape:
-            raise ValueError(f"mask must have the shape of x {tuple(x.shape)}, got {tuple(m.shape)}")
-        _check_binary("mask", m, xp)
-        m = m.astype(bool)
     n = int(m.sum())
     need = 2 if unbiased else 1
     if n < need:
         why = " for the unbiased variance (n - 1 in the denominator)" if unbiased else ""
         raise ValueError(f"whiten needs at least {need} counted entries in x (the mask sum){why}, got {n}")
     xm = xp.where(m, x, 0)  # masked-out entries may hold anything
-    mean = xm.sum() / n
-    centred = xp.where(m, xm - mean, 0)
-    var = (centred * centred).sum() / (n - 1 if unbiased else n)
-    out = centred / xp.sqrt(var + eps)
+    check_finite_array("x", xm)
+
+    work = xm.astype(xp.float64) if xm.dtype.itemsize < 8 else xm
+    s = float(xp.abs(work).max())
+    if s == 0:  # every counted entry is 0: mean 0, variance 0
+        return xp.zeros(x.shape, dtype=x.dtype)
+    y = work / s  # |y| <= 1: sums and squares stay far from overflow
+    y_mean = float(y.sum()) / n
+    centred = xp.where(m, y - y_mean, 0)  # |centred| <= 2
+    var_y = float((centred * centred).sum()) / (n - 1 if unbiased else n)
+    if var_y == 0:  # every counted entry equal: x - mean is 0 (not 0/0)
+        out = xp.zeros(work.shape, dtype=work.dtype)
+    else:
+        # sqrt(var(x) + eps) = s * sqrt(var_y + eps / s^2); eps / s^2 may underflow to 0, harmlessly.
+        out = centred / math.sqrt(var_y + eps / s / s)
     if not shift_mean:
-        out = xp.where(m, out + mean, 0)
+        out = xp.where(m, out + s * y_mean, 0)
     return out.astype(x.dtype, copy=False)

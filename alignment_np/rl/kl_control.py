@@ -43,6 +43,11 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
 
 
 def _check_update_args(current_kl, n_steps) -> tuple[float, int]:
+    if isinstance(current_kl, (str, bytes, bool)) or type(current_kl).__name__ == "bool_":
+        # float("0.5") and float(True) would succeed: a string or a bool is a mistake, not a KL.
+        raise TypeError(
+            f"current_kl must be a real number (e.g. the batch's mean KL), got {type(current_kl).__name__} {current_kl!r}"
+        )
     try:
         kl = float(current_kl)  # a Python number, a NumPy scalar or a 0-d array
     except (TypeError, ValueError):
