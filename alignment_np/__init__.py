@@ -32,7 +32,7 @@ _EXPORTS = {
     "reward_model_loss": "alignment_np.losses.bradley_terry",
     # stage 10: log-probs and DPO
     "compute_log_probs": "alignment_np.functional.logprobs",
-    "SequenceLogProbs": "alignment_np.functional.logprobs",
+    "SequenceLogProbs": "alignment_np.nn.sequence_logprobs",
     "DPOTrainer": "alignment_np.trainers.dpo",
     "dpo_loss": "alignment_np.losses.dpo",
     # stage 10: PPO and KL

@@ -13,7 +13,6 @@ from hypothesis.extra import numpy as hnp
 
 from alignment_np.backend import to_numpy
 from alignment_np.functional.logprobs import (
-    SequenceLogProbs,
     compute_log_probs,
     sequence_logprobs_backward,
     sequence_logprobs_forward,
@@ -23,6 +22,7 @@ from alignment_np.functional.logprobs import (
     token_logprobs_forward,
 )
 from alignment_np.gradcheck import check_gradients
+from alignment_np.nn.sequence_logprobs import SequenceLogProbs
 
 # --------------------------------------------------------------------------
 # Strategies
@@ -475,9 +475,9 @@ def test_shift_needs_two_positions(rng):
 
 
 def test_module_arguments_are_checked(rng):
-    with pytest.raises(TypeError, match="average must be a bool, got str"):
+    with pytest.raises(TypeError, match="average: expected a bool, got str"):
         SequenceLogProbs(average="yes")
-    with pytest.raises(TypeError, match="shift must be a bool, got int"):
+    with pytest.raises(TypeError, match="shift: expected a bool, got int"):
         SequenceLogProbs(shift=1)
     module = SequenceLogProbs()
     _, cache = module.forward(*_ok(rng))
@@ -528,3 +528,81 @@ def test_torch_extreme_float32(rng):
     log_softmax = torch.log_softmax(torch.tensor(logits), -1)
     expected = log_softmax.gather(-1, torch.tensor(tokens)[..., None])[..., 0]
     np.testing.assert_allclose(token_logps, expected.numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Layers: the kernels do not import the module layer above them
+# --------------------------------------------------------------------------
+
+
+def test_sequence_logprobs_lives_in_nn_and_the_old_paths_still_work():
+    import alignment_np
+    from alignment_np.functional import logprobs as functional_logprobs
+
+    assert SequenceLogProbs.__module__ == "alignment_np.nn.sequence_logprobs"
+    assert alignment_np.SequenceLogProbs is SequenceLogProbs
+    assert functional_logprobs.SequenceLogProbs is SequenceLogProbs  # the course's old import path
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        functional_logprobs.Nope
+
+
+def test_importing_the_kernels_loads_nothing_from_the_layers_above():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alignment_np.functional.logprobs, alignment_np.functional.stable; "
+        "print(sorted(m for m in sys.modules if m.startswith(('alignment_np.nn', 'alignment_np.losses', "
+        "'alignment_np.rl', 'alignment_np.trainers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"tokens": None}, TypeError, r"tokens: expected an array, got NoneType"),
+        ({"tokens": [[1, 2, 3], [1]]}, TypeError, r"tokens: expected an array, got list that is not one"),
+        ({"logits": {"a": 1}}, TypeError, r"logits: expected an array, got dict"),
+        ({"logits": "abc"}, TypeError, r"logits: expected an array, got str"),
+        ({"mask": "all"}, TypeError, r"mask: expected an array, got str"),
+        ({"logits": np.zeros((2, 3, 4, 1))}, ValueError, r"logits must be 3-D \(B, T, V\), got 4-D"),
+    ],
+)
+def test_wrong_types_name_the_argument(kwargs, exc, match):
+    args = {"logits": np.zeros((2, 3, 4)), "tokens": np.zeros((2, 3), dtype=np.int64), "mask": None}
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        compute_log_probs(**args)
+    with pytest.raises(exc, match=match):
+        SequenceLogProbs().forward(**args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_minus_inf_logits_banned_tokens(dtype):
+    # Token 1 is banned (-inf) in every row. Scoring allowed tokens gives finite
+    # log-probs and a gradient of exactly 0 at the banned entry; scoring the
+    # banned token itself gives -inf, the true log-probability, not a number.
+    logits = np.array([[[1e4, -np.inf, 0.0], [0.5, -np.inf, -1e4]]], dtype=dtype)
+    tokens = np.array([[0, 2]])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module = SequenceLogProbs()
+        logps, cache = module.forward(logits, tokens)
+        dlogits = module.backward(np.ones(1, dtype=dtype), cache)
+    assert logps.dtype == dtype and dlogits.dtype == dtype
+    np.testing.assert_allclose(logps, [0.0 + (-1e4 - 0.5)], rtol=1e-6)
+    assert np.all(dlogits[..., 1] == 0) and np.all(np.isfinite(dlogits))
+    banned = compute_log_probs(logits, np.array([[1, 0]]))
+    assert banned[0] == -np.inf
+
+
+def test_nan_logits_propagate_to_the_log_prob():
+    logits = np.zeros((2, 2, 3))
+    logits[1, 0, 2] = np.nan
+    with np.errstate(invalid="ignore"):
+        logps = compute_log_probs(logits, np.zeros((2, 2), dtype=np.int64))
+    assert np.isfinite(logps[0]) and np.isnan(logps[1])

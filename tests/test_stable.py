@@ -1,5 +1,7 @@
 """Stable primitives: correct against naive formulas where those work, finite where they don't."""
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -98,3 +100,76 @@ def test_log_softmax_backward_does_not_mutate_or_alias():
     np.testing.assert_array_equal(dout, d0)
     np.testing.assert_array_equal(probs, p0)
     assert not np.shares_memory(dx, dout) and not np.shares_memory(dx, probs)
+
+
+# ----------------------------------------------------------------------------- every kernel at the extremes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_and_its_backward_at_extremes(xp, dtype):
+    # Logits of 1e4 (exp overflows both dtypes) and -inf (a banned token).
+    x = xp.asarray([[1e4, -1e4, 0.0], [-np.inf, 0.0, 1e4], [-np.inf, 2.0, -np.inf]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = S.softmax(x)
+        lp = S.log_softmax(x)
+        dout = xp.asarray([[1.0, -2.0, 0.5]] * 3, dtype=dtype)
+        dx = S.log_softmax_backward(dout, p)
+    p, lp, dx = to_numpy(p), to_numpy(lp), to_numpy(dx)
+    assert p.dtype == lp.dtype == dx.dtype == dtype
+    np.testing.assert_array_equal(p, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(lp[1], [-np.inf, -1e4, 0.0])
+    np.testing.assert_array_equal(lp[2], [-np.inf, 0.0, -np.inf])
+    # dx = g - p * sum(g): all mass on one token, so dx = g - onehot * sum(g), exactly.
+    np.testing.assert_allclose(dx, [[1.0 + 0.5, -2.0, 0.5], [1.0, -2.0, 0.5 + 0.5], [1.0, -2.0 + 0.5, 0.5]])
+    assert np.all(np.isfinite(dx))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_with_some_minus_inf_and_plus_inf(dtype):
+    x = np.array([[-np.inf, 0.0, 1.0], [-np.inf, 1e4, -np.inf], [np.inf, 0.0, -np.inf]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = S.logsumexp(x)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out[:2], [np.log(1.0 + np.e), 1e4], rtol=1e-6)
+    assert out[2] == np.inf  # the true value: a +inf term dominates
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_family_at_infinities(dtype):
+    v = np.array([-np.inf, np.inf], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(S.logsigmoid(v), [-np.inf, 0.0])
+        np.testing.assert_array_equal(S.sigmoid(v), [0.0, 1.0])
+        np.testing.assert_array_equal(S.softplus(v), [0.0, np.inf])
+    for f in (S.logsigmoid, S.sigmoid, S.softplus):
+        assert f(v).dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "kernel, row_wise",
+    [(S.logsumexp, True), (S.log_softmax, True), (S.softmax, True), (S.logsigmoid, False), (S.sigmoid, False), (S.softplus, False)],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_every_kernel_propagates_nan_never_a_number(kernel, row_wise):
+    x = np.array([[0.5, np.nan, -1.0], [0.5, 2.0, -1.0]], dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        out = kernel(x)
+    # A NaN logit spoils its whole row for the normalising kernels, only itself elsewhere.
+    expected_nan = np.array([True, False]) if kernel is S.logsumexp else np.isnan(x)
+    if row_wise and kernel is not S.logsumexp:
+        expected_nan = np.repeat(np.isnan(x).any(-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_array_equal(np.isnan(out), expected_nan)
+    assert out.dtype == np.float32
+
+
+def test_log_softmax_of_a_row_with_no_finite_logit_is_nan_not_a_distribution():
+    # No token can be sampled: there is no distribution. logsumexp says -inf
+    # (the log of an empty sum); log_softmax says nan, loudly, rather than
+    # inventing one (e.g. a uniform row).
+    x = np.array([[-np.inf, -np.inf], [0.0, 1.0]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = S.log_softmax(x)
+    assert np.all(np.isnan(lp[0])) and np.all(np.isfinite(lp[1]))

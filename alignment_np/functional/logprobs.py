@@ -18,6 +18,9 @@ shifts first: ``logits[:, :-1]`` scores ``tokens[:, 1:]`` (and the mask is
 ``mask[:, 1:]``), exactly as ``_get_batch_logps`` does. ``shift_for_causal_lm``
 does that slice, and ``shift_for_causal_lm_backward`` pads the gradient back
 to T positions (the last position predicts nothing, so its gradient is 0).
+The same gatherer as a module (forward then backward, for a model to call on
+the chosen and the rejected batch) is ``alignment_np.nn.SequenceLogProbs``
+in ``nn/sequence_logprobs.py``, one layer up.
 
 Backward
 --------
@@ -33,6 +36,14 @@ backward reuses it instead of running a second logsumexp over V, and adds
 ``g`` at the token's index with fancy indexing rather than building a dense
 (B, T, V) one-hot.
 
+Non-finite logits
+-----------------
+A -inf logit is a banned token: it gets probability 0, a gradient of exactly
+0, and scoring it gives a log-prob of -inf (the true value). A NaN logit (or
++inf) makes its row's log-probs NaN, and the sequence's log-prob NaN: the
+gatherer propagates it visibly and never turns it into a number; the losses
+that consume the log-probs then refuse it with the argument's name.
+
 Shapes use B batch, T time, V vocabulary.
 """
 
@@ -41,7 +52,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
-from ..nn.module import Module
 from .stable import log_softmax
 
 __all__ = [
@@ -51,8 +61,8 @@ __all__ = [
     "sequence_logprobs_backward",
     "shift_for_causal_lm",
     "shift_for_causal_lm_backward",
+    "check_log_prob_inputs",
     "compute_log_probs",
-    "SequenceLogProbs",
 ]
 
 
@@ -171,19 +181,25 @@ def shift_for_causal_lm_backward(d_shifted_logits):
 
 
 def _as_array(x, xp, name):
-    if x is None:
-        return None
+    """``x`` as an array of the logits' module ``xp``; TypeError for another device or a non-array."""
     if get_array_module(x) is not xp:
         raise TypeError(
             f"{name} lives on a different device than logits "
             f"({type(x).__module__}.{type(x).__name__} vs {xp.__name__}); "
             "move it explicitly with alignment_np.to_device"
         )
-    return xp.asarray(x)
+    if x is None or isinstance(x, (str, bytes, dict)):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+    try:
+        return xp.asarray(x)
+    except (TypeError, ValueError) as err:  # a ragged list
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} that is not one ({err})") from None
 
 
-def _prepare(logits, tokens, mask, average, shift):
+def check_log_prob_inputs(logits, tokens, mask, average, shift):
     """Validate the public inputs, shift if asked, and return what the kernels score.
+
+    Used by ``compute_log_probs`` and by the module ``nn.SequenceLogProbs``.
 
     Returns (logits, tokens, mask) as arrays of the logits' module, already
     shifted when ``shift`` is true, with the ids at masked-out positions
@@ -191,9 +207,9 @@ def _prepare(logits, tokens, mask, average, shift):
     its -100 labels), so the gather stays in bounds.
     """
     xp = get_array_module(logits)
-    logits = xp.asarray(logits)
+    logits = _as_array(logits, xp, "logits")
     tokens = _as_array(tokens, xp, "tokens")
-    mask = _as_array(mask, xp, "mask")
+    mask = None if mask is None else _as_array(mask, xp, "mask")
     if logits.ndim != 3:
         raise ValueError(
             f"logits must be 3-D (B, T, V), got {logits.ndim}-D with shape {tuple(logits.shape)}"
@@ -269,50 +285,19 @@ def compute_log_probs(logits, tokens, mask=None, average=False, *, shift=False):
     with values other than 0/1, and, with ``average=True``, a row with no
     counted tokens.
     """
-    logits, tokens, mask = _prepare(logits, tokens, mask, average, shift)
+    logits, tokens, mask = check_log_prob_inputs(logits, tokens, mask, average, shift)
     seq_logps, _ = sequence_logprobs_forward(logits, tokens, mask, average)
     return seq_logps
 
 
-class SequenceLogProbs(Module):
-    """The log-prob gatherer as a module: ``forward`` then ``backward``.
+def __getattr__(name: str):
+    # ``SequenceLogProbs`` (a module) lives in ``alignment_np.nn.sequence_logprobs``:
+    # kernels must not import the module layer above them. The old import path
+    # ``from alignment_np.functional.logprobs import SequenceLogProbs`` keeps
+    # working through this lazy lookup (PEP 562), which runs only when that
+    # name is asked for, never when this file is imported.
+    if name == "SequenceLogProbs":
+        from ..nn.sequence_logprobs import SequenceLogProbs
 
-    It holds no parameters and no state, so a model can call it on the chosen
-    batch and on the rejected batch and backpropagate each with its own cache.
-
-    average: length-normalise (divide by the number of counted tokens).
-    shift: the logits come from a causal LM; score tokens[:, 1:] with logits[:, :-1]
-        and return a (B, T, V) gradient whose last position is 0.
-    """
-
-    def __init__(self, average=False, *, shift=False):
-        if not isinstance(average, (bool, np.bool_)):
-            raise TypeError(f"average must be a bool, got {type(average).__name__}")
-        if not isinstance(shift, (bool, np.bool_)):
-            raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
-        self.average = bool(average)
-        self.shift = bool(shift)
-
-    def forward(self, logits, tokens, mask=None):
-        """logits (B, T, V), tokens (B, T), mask (B, T) or None -> (seq_logps (B,), cache)."""
-        logits, tokens, mask = _prepare(logits, tokens, mask, self.average, self.shift)
-        seq_logps, cache = sequence_logprobs_forward(logits, tokens, mask, self.average)
-        return seq_logps, {"seq_cache": cache, "shift": self.shift}
-
-    def backward(self, grad_seq_logps, cache):
-        """grad_seq_logps (B,) -> grad_logits (B, T, V) for the logits given to forward."""
-        xp = get_array_module(grad_seq_logps)
-        seq_cache = cache["seq_cache"]
-        B = seq_cache["weights"].shape[0]
-        grad_seq_logps = xp.asarray(grad_seq_logps)
-        if tuple(grad_seq_logps.shape) != (B,):
-            raise ValueError(
-                f"grad_seq_logps must have shape (B,) = ({B},), got {tuple(grad_seq_logps.shape)}"
-            )
-        dlogits = sequence_logprobs_backward(grad_seq_logps, seq_cache)
-        if cache["shift"]:
-            dlogits = shift_for_causal_lm_backward(dlogits)
-        return dlogits
-
-    def __repr__(self) -> str:
-        return f"SequenceLogProbs(average={self.average}, shift={self.shift})"
+        return SequenceLogProbs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

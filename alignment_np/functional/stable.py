@@ -12,6 +12,13 @@ tricks are exact identities, not epsilons or clipping:
 * ``sigmoid(x) = exp(logsigmoid(x))``: the exponent is <= 0, so it never
   overflows, and for very negative ``x`` it underflows gracefully to 0.
 
+Infinities and NaN: a -inf logit (a banned token) is exact everywhere
+(probability 0, log-probability -inf, no warning); a row of only -inf has
+``logsumexp = -inf`` (the log of an empty sum) and a NaN ``log_softmax``
+(there is no distribution to normalise; NumPy warns). A NaN input gives a
+NaN output (its whole row for the normalising kernels): these kernels
+propagate NaN, never turn it into a number. The tests check each case.
+
 Derivatives used by backward passes:
 ``d logsigmoid(x)/dx = sigmoid(-x)``, ``d softplus(x)/dx = sigmoid(x)``,
 ``d sigmoid(x)/dx = sigmoid(x) * sigmoid(-x)``, and for log-softmax
