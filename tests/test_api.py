@@ -25,7 +25,7 @@ from alignment_np.functional import (
     logprobs,
 )
 from alignment_np.losses import kl
-from alignment_np.nn import layers, reward_mlp
+from alignment_np.nn import layers, reward_mlp, sequence_logprobs
 from alignment_np.nn.gpt import GPTConfig, TinyGPT
 from alignment_np.functional.stable import log_softmax
 
@@ -153,7 +153,7 @@ def _module_cases():
         ),
         "MLP": (lambda: layers.MLP(6, rng=np.random.default_rng(1), **kw), lambda rng: rng.normal(size=(4, 3, 6))),
         "Block": (lambda: layers.Block(8, 2, rng=np.random.default_rng(1), **kw), lambda rng: rng.normal(size=(4, 3, 8))),
-        "SequenceLogProbs": (lambda: logprobs.SequenceLogProbs(), None),
+        "SequenceLogProbs": (lambda: sequence_logprobs.SequenceLogProbs(), None),
     }
 
 
