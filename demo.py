@@ -291,12 +291,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from alignment_np import backend
 
-    if args.backend is not None:
-        try:
+    try:
+        if args.backend is not None:
             backend.set_backend(args.backend)
-        except RuntimeError as err:  # CuPy missing or no GPU: say so in one line
-            print(f"demo.py: {err}", file=sys.stderr)
-            return 2
+        else:
+            backend.apply_env_backend()  # $ALIGNMENT_NP_BACKEND, if set
+    except RuntimeError as err:  # CuPy missing or no GPU: say so in one line
+        print(f"demo.py: {err}", file=sys.stderr)
+        return 2
     backend.keep_freed_memory()  # reuse activation memory between steps (see backend.py)
     start = time.perf_counter()
     title = "Stage 10: Alignment - RLHF and DPO"

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # backend and checking
     "set_backend": "alignment_np.backend",
+    "apply_env_backend": "alignment_np.backend",
     "get_backend": "alignment_np.backend",
     "get_array_module": "alignment_np.backend",
     "to_numpy": "alignment_np.backend",

@@ -10,7 +10,12 @@ NumPy or CuPy to *decide* where data lives. Two rules, as in chainer and thinc:
 
 Choose CuPy with ``ALIGNMENT_NP_BACKEND=cupy`` in the environment or with
 ``set_backend("cupy")``. Asking for CuPy where it is not installed or no GPU is
-visible raises ``RuntimeError`` at that moment, not an obscure error later.
+visible raises ``RuntimeError`` with a one-line message, not an obscure error
+later. The environment's choice is applied at first use (the first
+``get_backend()`` / ``xp_active()``), never at import, so ``import
+alignment_np`` works on any machine and a command line can catch the error
+and print it as one line; ``apply_env_backend()`` applies it on request. An
+explicit ``set_backend`` overrides the environment.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import types
 import numpy as np
 
 BACKENDS = ("numpy", "cupy")
+ENV_VAR = "ALIGNMENT_NP_BACKEND"
 
 try:  # guarded import: CuPy is an optional extra (``pip install alignment_np[gpu]``)
     import cupy as _cupy  # type: ignore
@@ -28,6 +34,7 @@ except Exception:  # ImportError, or a CUDA library that fails to load
     _cupy = None
 
 _active = "numpy"
+_env_pending = True  # the environment's choice is applied at first use (apply_env_backend)
 
 
 def has_cupy() -> bool:
@@ -61,9 +68,7 @@ def _require_cupy() -> types.ModuleType:
     return _cupy
 
 
-def set_backend(name: str) -> None:
-    """Make ``name`` ('numpy' or 'cupy') the module used to create new arrays."""
-    global _active
+def _checked_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
@@ -71,17 +76,50 @@ def set_backend(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
     if key == "cupy":
         _require_cupy()
-    _active = key
+    return key
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` ('numpy' or 'cupy') the module used to create new arrays.
+
+    An explicit choice: it overrides ``ALIGNMENT_NP_BACKEND``. A failed
+    switch (unknown name, CuPy without a GPU) changes nothing.
+    """
+    global _active, _env_pending
+    _active = _checked_name(name)
+    _env_pending = False
+
+
+def apply_env_backend() -> str:
+    """Apply ``ALIGNMENT_NP_BACKEND`` (if set and not yet applied); return the active backend.
+
+    Raises ``RuntimeError`` with a one-line message when the variable names an
+    unknown backend or CuPy cannot run here (the same message as
+    ``set_backend``, plus where the request came from), for a command line to
+    print as one line and exit. It keeps raising at every use until the
+    variable is fixed or ``set_backend`` makes an explicit choice: a request
+    for the GPU is never silently run on the CPU.
+    """
+    global _active, _env_pending
+    if _env_pending:
+        requested = os.environ.get(ENV_VAR, "")
+        if requested.strip():
+            try:
+                _active = _checked_name(requested)
+            except (ValueError, RuntimeError) as err:
+                raise RuntimeError(f"{err} (requested by {ENV_VAR}={requested})") from None
+        _env_pending = False
+    return _active
 
 
 def get_backend() -> str:
-    """The active backend's name: 'numpy' or 'cupy'."""
-    return _active
+    """The active backend's name: 'numpy' or 'cupy' (applies the environment's choice first)."""
+    return apply_env_backend()
 
 
 def xp_active() -> types.ModuleType:
     """The active array module, for creating new arrays (parameters, noise)."""
-    return _cupy if _active == "cupy" else np
+    return _cupy if apply_env_backend() == "cupy" else np
 
 
 def get_array_module(*arrays) -> types.ModuleType:
@@ -168,8 +206,3 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
 
-
-_env = os.environ.get("ALIGNMENT_NP_BACKEND")
-if _env:
-    set_backend(_env)
-del _env

@@ -51,7 +51,52 @@ def test_env_var_selects_backend(monkeypatch):
     env["ALIGNMENT_NP_BACKEND"] = "nonsense"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown backend 'nonsense'" in bad.stderr
+    assert "RuntimeError" in bad.stderr and "requested by ALIGNMENT_NP_BACKEND=nonsense" in bad.stderr
     importlib.reload  # keep the import used
+
+
+@pytest.mark.skipif(B.has_cupy_gpu(), reason="this machine has a GPU: the error path cannot be reached")
+def test_env_cupy_without_gpu_fails_cleanly_at_first_use_not_at_import():
+    import os
+    import subprocess
+    import sys
+
+    code = "\n".join(
+        [
+            "import alignment_np, alignment_np.backend as b",  # importing works on any machine
+            "from alignment_np.losses.ppo import ppo_loss",
+            "for f in (b.apply_env_backend, b.get_backend, b.xp_active):",
+            "    try:",
+            "        f()",
+            "    except RuntimeError as err:",
+            "        print(type(err).__name__, '|', err)",
+            "b.set_backend('numpy')  # an explicit choice overrides the environment",
+            "print('now', b.get_backend())",
+        ]
+    )
+    env = dict(os.environ, ALIGNMENT_NP_BACKEND="cupy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1] == "now numpy", out.stdout
+    for line in lines[:3]:  # the same one-line message as set_backend('cupy'), and where it came from
+        assert line.startswith("RuntimeError | backend 'cupy' was requested but ")
+        assert line.endswith("(requested by ALIGNMENT_NP_BACKEND=cupy)")
+    with pytest.raises(RuntimeError) as err:
+        B.set_backend("cupy")
+    assert lines[0] == f"RuntimeError | {err.value} (requested by ALIGNMENT_NP_BACKEND=cupy)"
+
+
+def test_explicit_set_backend_overrides_the_environment(monkeypatch):
+    monkeypatch.setattr(B, "_env_pending", True)
+    monkeypatch.setenv("ALIGNMENT_NP_BACKEND", "nonsense")
+    with pytest.raises(RuntimeError, match=r"unknown backend 'nonsense'.*requested by ALIGNMENT_NP_BACKEND=nonsense"):
+        B.get_backend()
+    before = B._active
+    try:
+        B.set_backend("numpy")
+        assert B.get_backend() == "numpy" and B.apply_env_backend() == "numpy"
+    finally:
+        B._active = before
 
 
 def test_active_module_creates_on_active_backend(xp):

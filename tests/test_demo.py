@@ -99,3 +99,19 @@ def test_cupy_without_a_gpu_is_one_clear_line(demo, capsys):
     assert demo.main(["--backend", "cupy"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("demo.py: backend 'cupy' was requested but") and err.count("\n") == 1
+
+
+def test_cupy_from_the_environment_without_a_gpu_is_the_same_one_line(demo):
+    import os
+    import subprocess
+    import sys
+
+    from alignment_np import backend
+
+    if backend.has_cupy_gpu():
+        pytest.skip("this machine has a GPU")
+    env = dict(os.environ, ALIGNMENT_NP_BACKEND="cupy")
+    out = subprocess.run([sys.executable, str(ROOT / "demo.py")], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("demo.py: backend 'cupy' was requested but") and out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr and "ALIGNMENT_NP_BACKEND=cupy" in out.stderr
