@@ -35,6 +35,7 @@ __all__ = [
     "check_finite_array",
     "check_float_array",
     "check_mask",
+    "check_float_dtype",
     "NonFiniteLossError",
     "check_finite_metrics",
 ]
@@ -211,6 +212,23 @@ def check_mask(name: str, mask, shape, xp=None, like: str = "the first argument"
         if bool(get_array_module(m).any((m != 0) & (m != 1))):  # NaN is neither
             raise ValueError(f"{name} must contain only 0 and 1 (or booleans), got other values")
     return m.astype(bool)
+
+
+def check_float_dtype(name: str, dtype, default=np.float32) -> np.dtype:
+    """``dtype`` (None: ``default``) as a floating NumPy dtype (NumPy dtypes serve CuPy too).
+
+    "float32", np.float64 and np.dtype("float32") pass; an integer dtype raises
+    ValueError, anything NumPy cannot read as a dtype TypeError, naming ``name``.
+    """
+    if isinstance(dtype, (bool, np.bool_, int, float, dict, list, tuple)):
+        raise TypeError(f"{name}: expected a floating dtype (float32 or float64), got {dtype!r}")
+    try:
+        dt = np.dtype(default if dtype is None else dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a floating dtype (float32 or float64), got {dtype!r}") from None
+    if dt.kind != "f":
+        raise ValueError(f"{name}: expected a floating dtype (float32 or float64), got {dt}")
+    return dt
 
 
 class NonFiniteLossError(FloatingPointError):
