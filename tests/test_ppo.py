@@ -289,7 +289,7 @@ def test_ppo_loss_both_backends(xp, rng):
 @pytest.mark.parametrize(
     "override, exc, match",
     [
-        ({"old_log_probs": np.zeros(4)}, ValueError, r"old_log_probs must have shape \(3,\) like the first argument, got \(4,\)"),
+        ({"old_log_probs": np.zeros(4)}, ValueError, r"old_log_probs must have shape \(3,\) like new_log_probs, got \(4,\)"),
         ({"advantages": np.zeros((3, 1))}, ValueError, r"advantages must have shape \(3,\).*got \(3, 1\)"),
         ({"new_log_probs": np.array([-1, -2, -3])}, TypeError, r"new_log_probs: expected a floating-point array, got dtype int"),
         ({"clip_ratio": 0.0}, ValueError, r"clip_ratio must lie strictly between 0.0 and 1.0, got 0.0"),
@@ -469,7 +469,7 @@ def test_value_loss_refuses_non_finite_counted_entries(name, bad):
 @pytest.mark.parametrize(
     "override, exc, match",
     [
-        ({"old_values": np.zeros(2)}, ValueError, r"old_values must have shape \(3,\) like the first argument, got \(2,\)"),
+        ({"old_values": np.zeros(2)}, ValueError, r"old_values must have shape \(3,\) like values, got \(2,\)"),
         ({"returns": np.zeros((3, 3))}, ValueError, r"returns must have shape \(3,\).*got \(3, 3\)"),
         ({"values": np.arange(3)}, TypeError, r"values: expected a floating-point array"),
         ({"clip_range": 0.0}, ValueError, r"clip_range must lie strictly between 0.0 and inf, got 0.0"),

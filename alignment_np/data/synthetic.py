@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import to_device
+from ..checks import check_float, check_float_dtype, check_nonneg_int, check_positive_int
 
 __all__ = ["SyntheticPreferences", "make_preference_features", "true_reward"]
 
@@ -97,13 +98,12 @@ def make_preference_features(
     Data are drawn with NumPy's generator (identical on every backend) and
     then placed on the active backend, like a data loader would.
     """
-    for name, value in (("n_pairs", n_pairs), ("dim", dim), ("hidden", hidden)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-    if not (isinstance(reward_scale, (int, float)) and reward_scale > 0 and np.isfinite(reward_scale)):
-        raise ValueError(f"reward_scale: expected a finite number > 0, got {reward_scale!r}")
+    n_pairs = check_positive_int("n_pairs", n_pairs)
+    dim = check_positive_int("dim", dim)
+    hidden = check_positive_int("hidden", hidden)
+    seed = check_nonneg_int("seed", seed)
+    reward_scale = check_float("reward_scale", reward_scale, 0.0, low_open=True)
+    dtype = check_float_dtype("dtype", dtype)
 
     teacher_rng = np.random.default_rng([seed, 0])  # the reward function
     data_rng = np.random.default_rng([seed, 1])  # features and labels

@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..backend import to_numpy, xp_active
+from ..checks import check_bool
 from ..io import atomic_write
 
 PAD_TOKEN = "<pad>"
@@ -55,6 +56,8 @@ class CharTokenizer:
             raise TypeError(f"unk must be a bool, got {type(unk).__name__} {unk!r}")
         if isinstance(chars, str):
             chars = list(chars)
+        if not isinstance(chars, Iterable) or isinstance(chars, (bytes, dict)):
+            raise TypeError(f"chars must be a str or an iterable of single characters, got {type(chars).__name__}")
         chars = list(chars)
         seen: set[str] = set()
         for i, ch in enumerate(chars):
@@ -83,6 +86,8 @@ class CharTokenizer:
         """
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, Iterable) or isinstance(texts, (bytes, dict)):
+            raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}")
         chars: set[str] = set()
         n = 0
         for i, text in enumerate(texts):
@@ -136,6 +141,8 @@ class CharTokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        add_bos = check_bool("add_bos", add_bos)
+        add_eos = check_bool("add_eos", add_eos)
         lookup = self._char_to_id
         ids = [self.bos_id] if add_bos else []
         for pos, ch in enumerate(text):
@@ -184,8 +191,11 @@ class CharTokenizer:
             )
         if len(texts) == 0:
             raise ValueError("texts is empty: expected at least one text to encode")
-        if padding_side not in ("right", "left"):
+        if not isinstance(padding_side, str) or padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        add_bos = check_bool("add_bos", add_bos)
+        add_eos = check_bool("add_eos", add_eos)
+        truncation = check_bool("truncation", truncation)
         if max_length is not None and (
             isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1
         ):
@@ -226,7 +236,8 @@ class CharTokenizer:
             written: it stands for a character of the text, and dropping it
             would silently shorten the text.
         """
-        arr = to_numpy(ids)
+        skip_special = check_bool("skip_special", skip_special)
+        arr = _ids_array(ids)
         if arr.ndim != 1:
             raise ValueError(
                 f"ids must be 1-D (one sequence), got shape {arr.shape}; use decode_batch for (B, T)"
@@ -245,7 +256,8 @@ class CharTokenizer:
 
     def decode_batch(self, ids, skip_special: bool = True) -> list[str]:
         """``decode`` each row of a (B, T) array of ids."""
-        arr = to_numpy(ids)
+        skip_special = check_bool("skip_special", skip_special)
+        arr = _ids_array(ids)
         if arr.ndim != 2:
             raise ValueError(f"ids must be 2-D (B, T), got shape {arr.shape}")
         return [self.decode(row, skip_special=skip_special) for row in arr]
@@ -321,6 +333,16 @@ class CharTokenizer:
         if len(shown) > 40:
             shown = shown[:37] + "..."
         return f"CharTokenizer(vocab_size={self.vocab_size}, chars={shown!r}, unk={self.unk})"
+
+
+def _ids_array(ids) -> np.ndarray:
+    """``ids`` as a NumPy array, or TypeError naming ``ids`` (None, a str, a ragged list)."""
+    if ids is None or isinstance(ids, (str, bytes, dict)):
+        raise TypeError(f"ids must be an array or a list of token ids, got {type(ids).__name__}")
+    try:
+        return to_numpy(ids)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"ids must be an array or a list of token ids, got {type(ids).__name__} ({err})") from None
 
 
 def _preview(text: str, limit: int = 40) -> str:

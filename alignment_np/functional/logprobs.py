@@ -52,6 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
+from ..checks import check_bool
 from .stable import log_softmax
 
 __all__ = [
@@ -206,6 +207,8 @@ def check_log_prob_inputs(logits, tokens, mask, average, shift):
     replaced by 0 (they are never counted; the DPO reference does the same with
     its -100 labels), so the gather stays in bounds.
     """
+    average = check_bool("average", average)
+    shift = check_bool("shift", shift)
     xp = get_array_module(logits)
     logits = _as_array(logits, xp, "logits")
     tokens = _as_array(tokens, xp, "tokens")

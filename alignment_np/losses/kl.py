@@ -39,7 +39,7 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_array_module
-from ..checks import check_finite_array, check_float_array, check_mask
+from ..checks import check_bool, check_finite_array, check_float_array, check_mask
 
 ESTIMATORS = ("k1", "k2", "k3")
 
@@ -126,6 +126,7 @@ def kl_divergence(log_probs_p, log_probs_q, return_grad=False):
     """
     xp = get_array_module(log_probs_p, log_probs_q)
     log_probs_p, log_probs_q = _float_pair("log_probs_p", log_probs_p, "log_probs_q", log_probs_q, xp, 1)
+    return_grad = check_bool("return_grad", return_grad)
     for name, lp in (("log_probs_p", log_probs_p), ("log_probs_q", log_probs_q)):
         check_finite_array(name, xp.where(lp == -xp.inf, 0, lp))  # -inf is probability 0: allowed
     kl, cache = kl_divergence_forward(log_probs_p, log_probs_q)

@@ -31,7 +31,7 @@ import math
 import numbers
 
 from ..backend import get_array_module, to_numpy
-from ..checks import check_finite_array, check_float_array, check_mask
+from ..checks import check_bool, check_finite_array, check_float_array, check_mask
 from ..functional.stable import log_softmax
 
 # ----------------------------------------------------------------------------- validation
@@ -42,10 +42,10 @@ def _float_arrays(xp, **arrays):
     return [check_float_array(name, x, xp) for name, x in arrays.items()]
 
 
-def _check_same_shape(shape, **arrays) -> None:
+def _check_same_shape(first: str, shape, **arrays) -> None:
     for name, arr in arrays.items():
         if arr.shape != shape:
-            raise ValueError(f"{name} must have shape {tuple(shape)} like the first argument, got {tuple(arr.shape)}")
+            raise ValueError(f"{name} must have shape {tuple(shape)} like {first}, got {tuple(arr.shape)}")
 
 
 def _mask_and_count(mask, shape, xp, what: str = "the first argument"):
@@ -131,8 +131,9 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     new_log_probs, old_log_probs, advantages = _float_arrays(
         xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages
     )
-    _check_same_shape(new_log_probs.shape, old_log_probs=old_log_probs, advantages=advantages)
+    _check_same_shape("new_log_probs", new_log_probs.shape, old_log_probs=old_log_probs, advantages=advantages)
     eps = _check_range("clip_ratio", clip_ratio, 0.0, 1.0)
+    return_metrics = check_bool("return_metrics", return_metrics)
     m, n = _mask_and_count(mask, new_log_probs.shape, xp, "new_log_probs")
     _check_finite(m, xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages)
 
@@ -213,9 +214,10 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
     """
     xp = get_array_module(values, old_values, returns, mask)
     values, old_values, returns = _float_arrays(xp, values=values, old_values=old_values, returns=returns)
-    _check_same_shape(values.shape, old_values=old_values, returns=returns)
+    _check_same_shape("values", values.shape, old_values=old_values, returns=returns)
     if clip_range is not None:
         clip_range = _check_range("clip_range", clip_range, 0.0, float("inf"))
+    return_metrics = check_bool("return_metrics", return_metrics)
     m, n = _mask_and_count(mask, values.shape, xp, "values")
     _check_finite(m, xp, values=values, old_values=old_values, returns=returns)
 

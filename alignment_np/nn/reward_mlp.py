@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module, xp_active
+from ..checks import check_float_dtype, check_nonneg_int, check_positive_int
 from .module import Module, Parameter
 
 __all__ = ["reward_mlp_forward", "reward_mlp_backward", "RewardModel"]
@@ -123,13 +124,12 @@ class RewardModel(Module):
     """
 
     def __init__(self, input_dim: int, hidden_dim: int = 256, seed: int | None = None, dtype=None):
-        for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        input_dim = check_positive_int("input_dim", input_dim)
+        hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        if seed is not None:
+            seed = check_nonneg_int("seed", seed)
+        dtype = check_float_dtype("dtype", dtype)  # NumPy dtypes serve CuPy too
         xp = xp_active()
-        dtype = np.dtype(np.float32 if dtype is None else dtype)  # NumPy dtypes serve CuPy too
-        if dtype.kind != "f":
-            raise ValueError(f"dtype: expected a floating dtype (float32 or float64), got {dtype}")
         self.input_dim = input_dim
         self.hidden_dim = hidden_dim
         # Drawn with NumPy's generator, then moved: the same seed gives the same
@@ -169,6 +169,9 @@ class RewardModel(Module):
     def _check_input(self, x):
         if not hasattr(x, "shape") or not hasattr(x, "ndim"):
             raise TypeError(f"x: expected an array of shape (B, {self.input_dim}), got {type(x).__name__}")
+        if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+            # An integer x would silently compute in float64 (int @ float32 promotes).
+            raise TypeError(f"x: expected a floating-point array, got dtype {getattr(x, 'dtype', None)}")
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(
                 f"x: expected shape (B, {self.input_dim}) (a batch of feature rows), got {tuple(x.shape)}"

@@ -48,7 +48,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
-from ..checks import check_finite_array, check_float_array, check_mask
+from ..checks import check_bool, check_finite_array, check_float_array, check_mask
 
 
 def _check_unit_interval(name: str, value) -> float:
@@ -228,6 +228,8 @@ def whiten(x, mask=None, shift_mean=True, eps=1e-8, unbiased=True):
     x = check_float_array("x", x, xp)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"eps must be a non-negative real number, got {eps!r}")
+    shift_mean = check_bool("shift_mean", shift_mean)
+    unbiased = check_bool("unbiased", unbiased)
     m = check_mask("mask", mask, x.shape, xp, like="x")
     if m is None:
         m = xp.ones(x.shape, dtype=bool)

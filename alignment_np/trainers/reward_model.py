@@ -15,42 +15,62 @@ through the chosen half's activations.
 
 The metrics follow TRL's reward trainer: ``loss``, ``accuracy`` (fraction of
 pairs with r_c > r_r) and ``margin`` (mean r_c - r_r).
+
+Non-finite numbers: features with a NaN or an infinity are refused at the
+start (ValueError naming ``x_chosen`` / ``x_rejected`` and the index). A model
+that diverges during training (a non-finite reward or loss) stops the loop
+with ``NonFiniteLossError`` naming the step, BEFORE that step's update, so the
+model keeps the parameters of the last good step.
 """
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
+from ..checks import (
+    NonFiniteLossError,
+    check_bool,
+    check_finite_array,
+    check_finite_metrics,
+    check_nonneg_int,
+    check_positive_int,
+)
 from ..losses.bradley_terry import reward_accuracy, reward_model_loss
 
 __all__ = ["train_reward_model", "evaluate_reward_model"]
 
 
-def _check_pairs(x_chosen, x_rejected) -> int:
-    for name, x in (("x_chosen", x_chosen), ("x_rejected", x_rejected)):
+def _check_pairs(x_chosen, x_rejected, names=("x_chosen", "x_rejected")) -> int:
+    for name, x in zip(names, (x_chosen, x_rejected)):
         if not hasattr(x, "shape") or not hasattr(x, "ndim"):
             raise TypeError(f"{name}: expected an array of shape (N, D), got {type(x).__name__}")
+        if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a floating-point array, got dtype {getattr(x, 'dtype', None)}")
         if x.ndim != 2:
             raise ValueError(f"{name}: expected shape (N, D), got {tuple(x.shape)}")
     if tuple(x_chosen.shape) != tuple(x_rejected.shape):
         raise ValueError(
-            f"x_chosen and x_rejected must have the same shape (N, D), one row each per pair; "
+            f"{names[0]} and {names[1]} must have the same shape (N, D), one row each per pair; "
             f"got {tuple(x_chosen.shape)} and {tuple(x_rejected.shape)}"
         )
     if get_array_module(x_chosen) is not get_array_module(x_rejected):
-        raise TypeError("x_chosen and x_rejected must live on the same device (both NumPy or both CuPy)")
+        raise TypeError(f"{names[0]} and {names[1]} must live on the same device (both NumPy or both CuPy)")
     if x_chosen.shape[0] == 0:
-        raise ValueError("x_chosen: expected at least one pair, got N = 0")
+        raise ValueError(f"{names[0]}: expected at least one pair, got N = 0")
+    for name, x in zip(names, (x_chosen, x_rejected)):
+        check_finite_array(name, x)
     return x_chosen.shape[0]
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
+def _check_finite_rewards(step: int, r) -> None:
+    """NonFiniteLossError for step ``step`` if the model's rewards hold a NaN or an infinity."""
+    if not bool(get_array_module(r).isfinite(r).all()):
+        bad = to_numpy(r)[~np.isfinite(to_numpy(r))]
+        raise NonFiniteLossError(step, "reward", float(bad[0]))
 
 
 def _check_model(model) -> None:
@@ -90,8 +110,11 @@ def evaluate_reward_model(model, x_chosen, x_rejected, batch_size: int | None = 
     _check_model(model)
     _check_pairs(x_chosen, x_rejected)
     if batch_size is not None:
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
     r_c, r_r = _score_pairs(model, x_chosen, x_rejected, batch_size)
+    # A model whose rewards are not finite has no loss or accuracy to report: say which half.
+    check_finite_array("model(x_chosen)", r_c)
+    check_finite_array("model(x_rejected)", r_r)
     loss, _, _ = reward_model_loss(r_c, r_r, margin=margin)
     return {
         "loss": loss,
@@ -132,11 +155,16 @@ def train_reward_model(
     'margin' are averaged over the epoch's pairs, measured on each batch
     before its update (as training logs usually are); with ``eval_data`` also
     'eval_loss', 'eval_accuracy', 'eval_margin' after the epoch.
+
+    Raises ``NonFiniteLossError`` (step, name, value) if a batch's rewards or
+    loss are not finite, before that batch's optimiser step.
     """
     _check_model(model)
     N = _check_pairs(x_chosen, x_rejected)
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_nonneg_int("seed", seed)
+    verbose = check_bool("verbose", verbose)
     for attr in ("zero_grad", "step"):
         if not callable(getattr(optimizer, attr, None)):
             raise TypeError(
@@ -149,10 +177,15 @@ def train_reward_model(
                 f"loss_margin: expected a number or an array of shape ({N},), one margin per pair, "
                 f"got {getattr(loss_margin, 'shape', type(loss_margin).__name__)}"
             )
+        if getattr(loss_margin, "dtype", None) is None or loss_margin.dtype.kind not in "fiu":
+            raise TypeError(f"loss_margin: expected a float array, got dtype {loss_margin.dtype}")
+        check_finite_array("loss_margin", loss_margin)
+    elif loss_margin is not None and not math.isfinite(float(loss_margin)):
+        raise ValueError(f"loss_margin: expected a finite number, got {loss_margin!r}")
     if eval_data is not None:
         if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
             raise TypeError("eval_data: expected a pair (x_chosen_eval, x_rejected_eval)")
-        _check_pairs(*eval_data)
+        _check_pairs(*eval_data, names=("eval_data[0]", "eval_data[1]"))
 
     xp = get_array_module(x_chosen)
     rng = np.random.default_rng(seed)
@@ -160,6 +193,7 @@ def train_reward_model(
     if eval_data is not None:
         history.update({"eval_loss": [], "eval_accuracy": [], "eval_margin": []})
 
+    step = 0  # optimiser steps taken, for NonFiniteLossError
     for epoch in range(1, epochs + 1):
         # Shuffle on the host (cheap), then move the indices to the data's device.
         order = xp.asarray(rng.permutation(N))
@@ -169,9 +203,12 @@ def train_reward_model(
             B = int(idx.shape[0])
             x = xp.concatenate([x_chosen[idx], x_rejected[idx]])  # (2B, D)
             r, cache = model.score(x)  # (2B, 1)
+            step += 1
+            _check_finite_rewards(step, r)  # a diverged model stops here, before its update
             r_c, r_r = r[:B], r[B:]
             m = loss_margin if loss_margin is None or isinstance(loss_margin, Real) else loss_margin[idx]
             loss, g_c, g_r = reward_model_loss(r_c, r_r, margin=m)
+            check_finite_metrics(step, {"loss": loss})  # e.g. rewards 3e38 apart: loss inf
 
             optimizer.zero_grad()
             model.backward(xp.concatenate([g_c, g_r]), cache)
