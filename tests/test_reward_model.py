@@ -626,3 +626,57 @@ def test_same_seed_same_weights_on_every_backend(xp):
         B.set_backend("cupy" if xp is not np else "numpy")
     for name in ("W1", "b1", "W2", "b2"):
         np.testing.assert_array_equal(to_numpy(getattr(here, name)), getattr(reference, name))
+
+
+# -- non-finite numbers ----------------------------------------------------------
+
+
+class _DivergesAtCall(RewardModel):
+    """A RewardModel whose rewards turn to NaN (or inf) from the n-th score() on: a diverged run."""
+
+    def __init__(self, n, bad, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n, self.bad, self.calls, self.params_at_bad_call = n, bad, 0, None
+
+    def score(self, x):
+        r, cache = super().score(x)
+        self.calls += 1
+        if self.calls >= self.n:
+            self.params_at_bad_call = [p.data.copy() for p in self.parameters()]
+            r = r.copy()
+            r[0, 0] = self.bad
+        return r, cache
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_training_stops_before_the_update_of_a_diverged_step(bad):
+    from alignment_np.checks import NonFiniteLossError
+
+    data = make_preference_features(12, 3, seed=0)
+    model = _DivergesAtCall(3, bad, 3, 8, seed=0)
+    opt = SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match=rf"step 3: reward is {bad} \(not finite\); the update was not applied"):
+        train_reward_model(model, data.x_chosen, data.x_rejected, epochs=2, batch_size=4, optimizer=opt)
+    # The model still holds the parameters it had when the bad step began: no update was applied.
+    for p, before in zip(model.parameters(), model.params_at_bad_call):
+        np.testing.assert_array_equal(p.data, before)
+
+
+@pytest.mark.parametrize("which", ["x_chosen", "x_rejected"])
+def test_non_finite_features_are_refused_at_the_start(which):
+    data = make_preference_features(6, 3, seed=0)
+    x = {"x_chosen": data.x_chosen.copy(), "x_rejected": data.x_rejected.copy()}
+    x[which][2, 1] = np.nan
+    model = RewardModel(3, 4, seed=0)
+    with pytest.raises(ValueError, match=rf"{which}: expected finite values, got nan at index \(2, 1\)"):
+        evaluate_reward_model(model, x["x_chosen"], x["x_rejected"])
+    with pytest.raises(ValueError, match=rf"{which}: expected finite values"):
+        train_reward_model(model, x["x_chosen"], x["x_rejected"], epochs=1, batch_size=2, optimizer=SGD(model.parameters(), lr=0.1))
+
+
+def test_evaluating_a_model_with_nan_rewards_says_which_half():
+    data = make_preference_features(6, 3, seed=0)
+    model = RewardModel(3, 4, seed=0)
+    model.b2 = np.array([np.nan], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"model\(x_chosen\): expected finite values, got nan"):
+        evaluate_reward_model(model, data.x_chosen, data.x_rejected)
