@@ -132,3 +132,75 @@ def test_wrong_types_are_refused_naming_the_argument(name, capsys):
             legitimate = kind not in NEVER_RIGHT or kind in allowed.get(arg, ())
             assert legitimate, f"{name}({arg}={kind}) was accepted"
     capsys.readouterr()  # train_reward_model may print with verbose=True
+
+
+# --------------------------------------------------------------------------- dtypes
+# float32 in, float32 out: under NumPy 1.x a float32 scalar (or 0-d array)
+# times a Python float, or divided by a Python int, became float64 (value-based
+# casting before NEP 50); under NumPy 2 a float32 array times a NumPy float64
+# scalar does. CI runs this file under both.
+
+
+def _float32_outputs():
+    from alignment_np.functional import stable
+
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    lp = -np.abs(f32(4)) - 0.1
+    logits = f32(2, 3, 5)
+    tokens = rng.integers(0, 5, size=(2, 3))
+    seq = SequenceLogProbs()
+    seq_out, seq_cache = seq.forward(logits, tokens)
+    model = RewardModel(3, 4, seed=0)
+    r, cache = model.score(f32(5, 3))
+    return {
+        "ppo_loss": ppo_loss(lp, lp * np.float32(1.1), f32(4)),
+        "ppo_loss 0-d": ppo_loss(np.float32(-1.0), np.float32(-1.2), np.float32(0.5)),
+        "value_loss": value_loss(f32(4), f32(4), f32(4)),
+        "value_loss unclipped": value_loss(f32(4), f32(4), f32(4), clip_range=None),
+        "entropy_from_logits": entropy_from_logits(f32(2, 3, 5)),
+        "entropy_from_logits (V,)": entropy_from_logits(f32(5)),
+        "dpo_loss": dpo_loss(lp, lp - 1, lp, lp, beta=0.1),
+        "dpo_loss hinge": dpo_loss(lp, lp - 1, lp, lp, beta=0.1, loss_type="hinge"),
+        "dpo_loss ipo": dpo_loss(lp, lp - 1, lp, lp, beta=0.1, loss_type="ipo"),
+        "dpo_loss robust": dpo_loss(lp, lp - 1, lp, lp, beta=0.1, label_smoothing=0.1, loss_type="robust"),
+        "simpo_loss": simpo_loss(lp, lp - 1),
+        "reward_model_loss": reward_model_loss(f32(4), f32(4), margin=0.5)[1:],
+        "reward_model_loss numpy-float64 margin": reward_model_loss(f32(4), f32(4), margin=np.float64(0.5))[1:],
+        "kl_divergence": kl_divergence(stable.log_softmax(f32(2, 5)), stable.log_softmax(f32(2, 5)), return_grad=True),
+        "kl_divergence (V,)": kl_divergence(stable.log_softmax(f32(5)), stable.log_softmax(f32(5)), return_grad=True),
+        "kl_estimate k2": kl_estimate(lp, lp - 1, "k2"),
+        "kl_estimate k3": kl_estimate(lp, lp - 1, "k3"),
+        "kl_penalty_reward": kl_penalty_reward(lp, lp - 1, kl_coef=np.float64(0.1), estimator="k3"),
+        "compute_gae": compute_gae(f32(2, 5), f32(2, 5), last_value=np.float32(0.3)),
+        "compute_gae (T,)": compute_gae(f32(5), f32(5), gamma=0.9, lam=0.8, last_value=0.3),
+        "whiten": whiten(f32(2, 5)),
+        "whiten no shift": whiten(f32(2, 5), shift_mean=False),
+        "compute_log_probs": compute_log_probs(logits, tokens, average=True),
+        "SequenceLogProbs": (seq_out, seq.backward(np.ones(2, np.float32), seq_cache)),
+        "DPOTrainer.compute_loss": DPOTrainer(beta=0.1).compute_loss(lp, lp - 1, lp, lp)[2:],
+        "RewardModel": (r, model.backward(np.ones((5, 1), np.float32), cache)),
+        "logsumexp": stable.logsumexp(f32(3, 4)),
+        "logsigmoid/sigmoid/softplus": (stable.logsigmoid(f32(3)), stable.sigmoid(f32(3)), stable.softplus(f32(3))),
+    }
+
+
+def _arrays(out):
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            yield from _arrays(o)
+    elif isinstance(out, dict):
+        return  # metrics: Python floats by design
+    elif isinstance(out, float):
+        return  # documented Python-float losses (reward_model_loss, DPOTrainer)
+    else:
+        yield out
+
+
+@pytest.mark.parametrize("name", sorted(_float32_outputs()))
+def test_float32_in_float32_out(name):
+    out = _float32_outputs()[name]
+    arrays = list(_arrays(out))
+    assert arrays, name
+    for a in arrays:
+        assert a.dtype == np.float32, f"{name}: {a.dtype} ({type(a).__name__}) on NumPy {np.__version__}"

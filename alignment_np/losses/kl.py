@@ -165,8 +165,8 @@ def kl_estimate(policy_log_probs, ref_log_probs, estimator="k1", mask=None):
     m = check_mask("mask", mask, policy_log_probs.shape, xp, like="policy_log_probs")
     if m is not None:
         # Padding may hold anything (-inf, 1.0): zero it before subtracting.
-        policy_log_probs = xp.where(m, policy_log_probs, 0)
-        ref_log_probs = xp.where(m, ref_log_probs, 0)
+        policy_log_probs = xp.where(m, policy_log_probs, policy_log_probs.dtype.type(0))
+        ref_log_probs = xp.where(m, ref_log_probs, ref_log_probs.dtype.type(0))
     check_finite_array("policy_log_probs", policy_log_probs)
     check_finite_array("ref_log_probs", ref_log_probs)
 

@@ -78,6 +78,12 @@ def _check_range(name: str, value, low: float, high: float) -> float:
     return float(value)
 
 
+def _keep(cond, x, xp):
+    """``x`` where ``cond``, else 0, in ``x``'s dtype (a Python 0 would promote a
+    0-d float32 array to float64 under NumPy 1.x)."""
+    return xp.where(cond, x, x.dtype.type(0))
+
+
 def _mean(total, n: int):
     """``total / n`` in ``total``'s dtype (a Python int would promote a float32
     scalar to float64 under NumPy 1.x's rules for scalars)."""
@@ -138,9 +144,9 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     _check_finite(m, xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages)
 
     if m is not None:  # padding holds anything: zero it before it meets exp or a subtraction
-        new_log_probs = xp.where(m, new_log_probs, 0)
-        old_log_probs = xp.where(m, old_log_probs, 0)
-        advantages = xp.where(m, advantages, 0)  # so padded entries contribute 0 below
+        new_log_probs = _keep(m, new_log_probs, xp)
+        old_log_probs = _keep(m, old_log_probs, xp)
+        advantages = _keep(m, advantages, xp)  # so padded entries contribute 0 below
     one = advantages.dtype.type(1)
 
     log_ratio = new_log_probs - old_log_probs  # log rho, rho = pi_theta / pi_old
@@ -166,14 +172,14 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     # rho only where rho * A is used. Elsewhere (clipped-out entries, A = 0) log rho
     # is replaced by 0 BEFORE exp, so an overflowing rho there never meets a 0 (inf * 0 = nan).
     idle = clipped_active | (advantages == 0)
-    ratio = xp.exp(xp.where(idle, 0, log_ratio))  # d rho / d(new_log_prob) = rho
+    ratio = xp.exp(_keep(~idle, log_ratio, xp))  # d rho / d(new_log_prob) = rho
     unclipped = ratio * advantages  # rho * A (0 where A = 0)
     # The clipped term where it is the minimum: clip(rho) is 1 + eps (A > 0) or 1 - eps (A < 0).
     clipped = advantages * xp.where(advantages > 0, one + one.dtype.type(eps), one - one.dtype.type(eps))
     # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0.
     surrogate = xp.where(clipped_active, clipped, unclipped)
     loss = -_mean(surrogate.sum(), n)
-    grad_new_log_probs = xp.where(clipped_active, 0, -unclipped) / n
+    grad_new_log_probs = _keep(~clipped_active, -unclipped, xp) / n
 
     if not return_metrics:
         return loss, grad_new_log_probs
@@ -222,9 +228,9 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
     _check_finite(m, xp, values=values, old_values=old_values, returns=returns)
 
     if m is not None:  # padded entries become 0 everywhere, so they add 0 below
-        values = xp.where(m, values, 0)
-        old_values = xp.where(m, old_values, 0)
-        returns = xp.where(m, returns, 0)
+        values = _keep(m, values, xp)
+        old_values = _keep(m, old_values, xp)
+        returns = _keep(m, returns, xp)
 
     error = values - returns
     unclipped = error * error
@@ -247,7 +253,7 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
         # rule so it reads like the derivation. ``where``, not ``* inside``: an
         # overflowing clipped error times 0 would be nan, and the slope is exactly 0.
         inside = xp.abs(change) < clip_range
-        grad_values = xp.where(unclipped >= clipped, error, xp.where(inside, clipped_error, 0)) / n
+        grad_values = xp.where(unclipped >= clipped, error, _keep(inside, clipped_error, xp)) / n
         metrics = {"clip_fraction": _masked_mean(clipped > unclipped, m, n, xp)}
 
     grad_values = grad_values.astype(values.dtype, copy=False)
