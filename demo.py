@@ -55,6 +55,7 @@ def table(rows, headers) -> None:
 def reward_model_section(seed: int) -> dict:
     from alignment_np import RewardModel, to_numpy
     from alignment_np.data.synthetic import make_preference_features
+    from alignment_np.stats import mean_se
     from alignment_np.optim import AdamW
     from alignment_np.trainers.reward_model import evaluate_reward_model, train_reward_model
 
@@ -75,21 +76,27 @@ def reward_model_section(seed: int) -> dict:
     train_reward_model(model, xc_tr, xr_tr, epochs=30, batch_size=64, optimizer=opt, seed=seed)
     seconds = time.perf_counter() - t0
     after = evaluate_reward_model(model, xc_te, xr_te)
+    # The accuracy is a mean of per-pair outcomes (1 = ranked right): its standard error.
+    correct = to_numpy(model.predict(xc_te) > model.predict(xr_te))[:, 0]
+    accuracy = mean_se(correct)
     print()
     table(
         [["before training", before["loss"], before["accuracy"], before["margin"]],
          ["after 30 epochs", after["loss"], after["accuracy"], after["margin"]]],
         ["held-out", "loss", "accuracy", "reward margin"],
     )
-    print(f"\n  chance is 0.5; the best any model can do on these noisy labels (the true reward's accuracy): {ceiling:.4f}")
+    print(f"\n  held-out accuracy {accuracy.mean:.4f} ± {accuracy.se:.4f} (standard error over {accuracy.n} pairs): "
+          f"{(accuracy.mean - 0.5) / accuracy.se:.1f} standard errors above chance (0.5)")
+    print(f"  the best any model can do on these noisy labels (the true reward's accuracy): {ceiling:.4f}")
     print(f"  trained in {seconds:.2f} s")
-    return {"before": before, "after": after, "ceiling": ceiling, "seconds": seconds}
+    return {"before": before, "after": after, "ceiling": ceiling, "seconds": seconds, "accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------- 2
 def dpo_section(seed: int) -> dict:
     from alignment_np import CharTokenizer, GPTConfig, TinyGPT
     from alignment_np.data.corpus import generate_preference_pairs, generate_sft_pairs, unigram_entropy
+    from alignment_np.stats import paired_difference
     from alignment_np.trainers.dpo_lm import DPOConfig, DPOLMTrainer
     from alignment_np.trainers.sft import SFTConfig, SFTTrainer
 
@@ -130,6 +137,8 @@ def dpo_section(seed: int) -> dict:
     dpo_seconds = time.perf_counter() - t0
     after = trainer.evaluate(test_data)
     sentiment_after = sampled_sentiment(policy, tokenizer, seed)
+    margin, accuracy = held_out_margins(policy, test_data, dpo_config.beta, dpo_config.average_logps)
+    positive = paired_difference(sentiment_after, sentiment_before)
     print(f"  DPO: {len(train_pairs)} pairs (\"the soup was\" + positive chosen, negative rejected), "
           f"beta={dpo_config.beta}, {dpo_config.steps} steps of {dpo_config.batch_size} pairs in {dpo_seconds:.1f} s")
     print()
@@ -141,24 +150,55 @@ def dpo_section(seed: int) -> dict:
     )
     print("\n  at the start every implicit reward beta*(log pi - log ref) is 0, so the loss is log 2 = 0.6931")
     print("  and no pair is ranked correctly yet (accuracy counts strict wins)")
-    print(f"  sampled completions of 64 prompts judged positive by the lexicon rater: "
-          f"{sentiment_before:.2f} before, {sentiment_after:.2f} after")
+    print(f"  after DPO, per held-out pair: reward margin {margin.mean:.4f} ± {margin.se:.4f}, "
+          f"accuracy {accuracy.mean:.4f} ± {accuracy.se:.4f} (standard errors over {margin.n} pairs)")
+    n = len(sentiment_before)
+    print(f"  sampled completions of {n} held-out prompts judged positive by the lexicon rater: "
+          f"{float(np.mean(sentiment_before)):.3f} before, {float(np.mean(sentiment_after)):.3f} after;")
+    print(f"  difference {positive.mean:+.3f} ± {positive.se:.3f} (standard error, paired by prompt): "
+          f"{positive.mean / positive.se:.1f} standard errors")
     return {"policy": policy, "reference": reference, "tokenizer": tokenizer, "before": before,
             "after": after, "dpo_step_seconds": dpo_seconds / dpo_config.steps,
-            "sentiment": (sentiment_before, sentiment_after)}
+            "sentiment": (float(np.mean(sentiment_before)), float(np.mean(sentiment_after))),
+            "positive": positive, "margin": margin, "accuracy": accuracy}
 
 
-def sampled_sentiment(model, tokenizer, seed: int) -> float:
-    """Fraction of sampled completions of 64 held-out prompts that the lexicon rater calls positive."""
+def held_out_margins(policy, data, beta: float, average: bool = False):
+    """Per-pair implicit reward margins on held-out pairs, and the accuracy, each with its standard error.
+
+    margin_i = beta * ((log pi - log ref)(y_c) - (log pi - log ref)(y_r)) (Rafailov et al. 2023, Eq. 5);
+    the accuracy is the mean of margin_i > 0. One forward over the 2N rows.
+    """
+    from alignment_np import to_numpy
+    from alignment_np.stats import mean_se
+    from alignment_np.trainers.lm_logprobs import policy_logps_forward
+
+    logps, _ = policy_logps_forward(policy, data.input_ids, data.attention_mask, data.loss_mask, average,
+                                    targets=data.targets)
+    logratios = to_numpy(logps - data.ref_logps).astype(np.float64)  # (2N,): chosen rows, then rejected
+    n = data.n_pairs
+    margins = beta * (logratios[:n] - logratios[n:])
+    return mean_se(margins), mean_se(margins > 0)
+
+
+SENTIMENT_PROMPTS = 512  # enough that a change of a few points exceeds two standard errors
+
+
+def sampled_sentiment(model, tokenizer, seed: int) -> np.ndarray:
+    """1.0 / 0.0 per held-out prompt: is the model's sampled completion positive to the lexicon rater?
+
+    The same SENTIMENT_PROMPTS prompts (and sampling seed) for every model, so
+    two models' outcomes pair up prompt by prompt.
+    """
     from alignment_np import generate
     from alignment_np.data.corpus import generate_prompts, sentiment_score
 
-    prompts = generate_prompts(64, seed=seed + 2000)
+    prompts = generate_prompts(SENTIMENT_PROMPTS, seed=seed + 2000)
     ids, mask = tokenizer.encode_batch(prompts, add_bos=True, padding_side="left")
     out = generate(model, ids, max_new_tokens=20, temperature=1.0, seed=seed, attention_mask=mask,
                    eos_id=tokenizer.eos_id)
     texts = [tokenizer.decode(row) for row in to_numpy_rows(out["new_tokens"])]
-    return float(np.mean([sentiment_score(t) > 0 for t in texts]))
+    return np.array([sentiment_score(t) > 0 for t in texts], dtype=np.float64)
 
 
 def to_numpy_rows(x):

@@ -48,12 +48,22 @@ def _row(report, label):
     return [float(x) for x in re.findall(r"-?\d+\.\d+", line[len(label) + 2:])]
 
 
+def _estimate(report, label):
+    """(value, standard error) printed as 'label V ± SE'."""
+    value, se = re.search(re.escape(label) + r" ([-+]?\d+\.\d+) ± (\d+\.\d+)", report).groups()
+    return float(value), float(se)
+
+
 def test_reward_model_learns_beyond_chance(report):
     loss0, acc0, _ = _row(report, "before training")
     loss1, acc1, margin1 = _row(report, "after 30 epochs")
     ceiling = float(re.search(r"true reward's accuracy\): (\d\.\d+)", report).group(1))
     assert loss1 < loss0 and margin1 > 0
     assert acc1 > 0.5 + 0.5 * (ceiling - 0.5)  # at least half-way from chance to the ceiling
+    # The claim "better than chance" exceeds two standard errors of the accuracy.
+    acc, se = _estimate(report, "held-out accuracy")
+    assert acc == pytest.approx(acc1, abs=1e-4) and 0 < se < 0.05
+    assert acc - 0.5 > 2 * se
 
 
 def test_dpo_moves_the_policy_the_right_way(report):
@@ -63,8 +73,24 @@ def test_dpo_moves_the_policy_the_right_way(report):
     assert after[0] < before[0] and after[1] > 0.6 and after[4] > 0  # loss, accuracy, margin
     sft_loss, entropy = map(float, re.search(r"held-out loss (\d\.\d+) nats/char \(unigram entropy (\d\.\d+)\)", report).groups())
     assert sft_loss < 0.5 * entropy
-    pos_before, pos_after = map(float, re.search(r"rater: (\d\.\d+) before, (\d\.\d+) after", report).groups())
-    assert pos_after > pos_before
+
+
+def test_dpo_claims_exceed_two_standard_errors(report):
+    # Every improvement the DPO section claims rests on enough samples that it
+    # is more than two standard errors away from "no effect" (DESIGN.md, Evaluation).
+    after = _row(report, "after 60 DPO steps")
+    margin, margin_se = _estimate(report, "per held-out pair: reward margin")
+    accuracy, accuracy_se = _estimate(report, ", accuracy")
+    assert margin == pytest.approx(after[4], abs=1e-4) and accuracy == pytest.approx(after[1], abs=1e-4)
+    assert margin > 2 * margin_se
+    assert accuracy - 0.5 > 2 * accuracy_se
+    n, pos_before, pos_after = re.search(
+        r"completions of (\d+) held-out prompts judged positive by the lexicon rater: (\d\.\d+) before, (\d\.\d+) after", report
+    ).groups()
+    difference, se = _estimate(report, "difference")
+    assert int(n) >= 512
+    assert difference == pytest.approx(float(pos_after) - float(pos_before), abs=2e-3)
+    assert 0 < se < 0.05 and difference > 2 * se
 
 
 def test_ppo_components_report(report):
