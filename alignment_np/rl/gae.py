@@ -38,6 +38,14 @@ masks the advantages to 0 (TRL keeps one extra value slot, ``padding_mask_p1``,
 because it writes the score one token later; here the caller puts the score on
 the last real token). A mask with a hole in the middle cuts the trajectory at
 the hole.
+
+Non-finite numbers
+------------------
+``compute_gae`` and ``whiten`` refuse a NaN or an infinity in a counted entry
+(rewards, values, last_value, x) with a ValueError naming the argument and
+the index; padding may hold anything. An advantage whose true value does not
+fit the dtype (rewards of 3e38 in float32) overflows to inf, visibly, and an
+episode end stops it from flowing back (``where``, never ``0 * inf = nan``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ into gradients of the logits and the model's backward does the rest.
 ``compute_loss`` is self-contained (arrays in, numbers and gradients out), so
 the training loop that will wrap it over a language model can be added
 without changing it.
+
+Non-finite log-probs are refused (ValueError naming the argument and the
+pair, from ``dpo_loss``): the metrics are means and strict comparisons, and
+a NaN would come out as a finite loss and an accuracy that counts it wrong.
 """
 
 from __future__ import annotations
