@@ -137,7 +137,7 @@ def dpo_section(seed: int) -> dict:
     dpo_seconds = time.perf_counter() - t0
     after = trainer.evaluate(test_data)
     sentiment_after = sampled_sentiment(policy, tokenizer, seed)
-    margin, accuracy = held_out_margins(policy, test_data, dpo_config.beta, dpo_config.average_logps)
+    margin, accuracy = held_out_margins(policy, test_data, dpo_config.beta, dpo_config.averaged)
     positive = paired_difference(sentiment_after, sentiment_before)
     print(f"  DPO: {len(train_pairs)} pairs (\"the soup was\" + positive chosen, negative rejected), "
           f"beta={dpo_config.beta}, {dpo_config.steps} steps of {dpo_config.batch_size} pairs in {dpo_seconds:.1f} s")
