@@ -250,13 +250,15 @@ def test_ppo_loss_a_real_overflow_is_inf_and_loud_never_nan():
 
 
 @pytest.mark.parametrize("name", ["new_log_probs", "old_log_probs", "advantages"])
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_ppo_loss_refuses_non_finite_counted_entries(name, bad):
-    args = {"new_log_probs": -np.ones(3), "old_log_probs": -np.ones(3), "advantages": np.array([1.0, -1.0, 1.0])}
+@pytest.mark.parametrize("advantage", [1.0, -1.0, 0.0])
+def test_ppo_loss_propagates_a_nan_visibly(name, advantage):
+    # A NaN (a diverged model) makes the loss NaN and its entry's gradient NaN:
+    # never hidden by the clipped branch or by A = 0, so the trainer's guard sees it.
+    args = {"new_log_probs": -np.ones(3), "old_log_probs": -np.ones(3), "advantages": np.array([1.0, advantage, 1.0])}
     args[name] = args[name].copy()
-    args[name][1] = bad
-    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(1,\)"):
-        ppo_loss(**args)
+    args[name][1] = np.nan
+    loss, grad, metrics = ppo_loss(**args, return_metrics=True)
+    assert np.isnan(loss) and np.isnan(grad[1]) and np.all(np.isfinite(grad[[0, 2]]))
     # The same value in a masked-out entry is padding: ignored.
     loss, grad = ppo_loss(**args, mask=np.array([1, 0, 1]))
     assert np.isfinite(loss) and grad[1] == 0
@@ -455,14 +457,17 @@ def test_value_loss_clipped_out_entry_with_an_overflow_gives_exact_zero():
 
 
 @pytest.mark.parametrize("name", ["values", "old_values", "returns"])
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_value_loss_refuses_non_finite_counted_entries(name, bad):
+@pytest.mark.parametrize("clip_range", [0.2, None])
+def test_value_loss_propagates_a_nan_visibly(name, clip_range):
     args = {"values": np.zeros(3), "old_values": np.zeros(3), "returns": np.ones(3)}
     args[name] = args[name].copy()
-    args[name][2] = bad
-    with pytest.raises(ValueError, match=rf"{name}: expected finite values, got {bad} at index \(2,\)"):
-        value_loss(**args)
-    loss, _ = value_loss(**args, mask=np.array([1, 1, 0]))
+    args[name][2] = np.nan
+    loss, grad = value_loss(**args, clip_range=clip_range)
+    if name == "old_values" and clip_range is None:  # the unclipped loss does not read V_old
+        assert np.isfinite(loss)
+    else:
+        assert np.isnan(loss) and np.isnan(grad[2]) and np.all(np.isfinite(grad[:2]))
+    loss, _ = value_loss(**args, clip_range=clip_range, mask=np.array([1, 1, 0]))
     assert loss == pytest.approx(0.5)
 
 
@@ -561,18 +566,12 @@ def test_entropy_with_banned_tokens():
     assert np.all(grad[np.isinf(logits)] == 0)
 
 
-@pytest.mark.parametrize(
-    "row, match",
-    [
-        ([0.0, np.nan, 1.0], r"logits: expected finite values, got nan at index \(1, 1\)"),
-        ([0.0, np.inf, 1.0], r"logits: expected finite values, got inf at index \(1, 1\)"),
-        ([-np.inf, -np.inf, -np.inf], r"at least one finite entry per row.*only -inf at index \(1,\)"),
-    ],
-)
-def test_entropy_refuses_nan_plus_inf_and_rows_with_no_token(row, match):
+@pytest.mark.parametrize("row", [[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [-np.inf, -np.inf, -np.inf]])
+def test_entropy_of_nan_plus_inf_or_no_token_is_nan_never_a_number(row):
     logits = np.array([[0.0, 1.0, 2.0], row])
-    with pytest.raises(ValueError, match=match):
-        entropy_from_logits(logits)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        H, grad = entropy_from_logits(logits)
+    assert np.isnan(H) and np.all(np.isfinite(grad[0]))
     H, _ = entropy_from_logits(logits, mask=np.array([1, 0]))  # a padded row may hold anything
     assert np.isfinite(H)
 

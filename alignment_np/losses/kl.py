@@ -23,15 +23,17 @@ Two different objects share the name "KL" in RLHF:
   penalised per-token reward is r_t - beta * k_t, beta = ``kl_coef``
   (Ziegler et al. 2019, Section 2.2; Ouyang et al. 2022, Eq. 2).
 
-Non-finite inputs: a NaN or +inf log-probability is refused everywhere
-(ValueError naming the argument and the index). ``kl_divergence`` accepts
--inf (a token with probability 0) and returns the true value, which is +inf
-where Q is 0 but P is not. ``kl_estimate`` and ``kl_penalty_reward`` refuse
--inf as well in counted entries: a sampled token has a finite log-prob under
-the policy that sampled it, and a reference that gives it probability 0
-would make the reward -inf. Masked-out entries may hold anything. Values so
-large that the estimate itself overflows (k3 for log omega > 88 in float32)
-give +inf and NumPy's overflow warning, never nan.
+Non-finite inputs: ``kl_divergence`` (a standalone measurement) refuses a
+NaN or +inf log-probability with a ValueError naming the argument and the
+index; it accepts -inf (a token with probability 0) and returns the true
+value, which is +inf where Q is 0 but P is not. ``kl_estimate`` and
+``kl_penalty_reward`` run inside every RLHF rollout: there a NaN (a diverged
+model) propagates visibly into the estimate and the penalised reward, also
+when ``kl_coef = 0``, so the trainer's NaN guard stops the step and names
+it; a reference log-prob of -inf gives the true +inf estimate. Masked-out
+entries may hold anything. Values so large that the estimate itself
+overflows (k3 for log omega > 88 in float32) give +inf and NumPy's overflow
+warning, never nan.
 """
 
 from __future__ import annotations
@@ -167,8 +169,6 @@ def kl_estimate(policy_log_probs, ref_log_probs, estimator="k1", mask=None):
         # Padding may hold anything (-inf, 1.0): zero it before subtracting.
         policy_log_probs = xp.where(m, policy_log_probs, policy_log_probs.dtype.type(0))
         ref_log_probs = xp.where(m, ref_log_probs, ref_log_probs.dtype.type(0))
-    check_finite_array("policy_log_probs", policy_log_probs)
-    check_finite_array("ref_log_probs", ref_log_probs)
 
     log_ratio = policy_log_probs - ref_log_probs  # log(pi / pi_ref) at the sampled token
     if estimator == "k1":
@@ -203,5 +203,6 @@ def kl_penalty_reward(policy_log_probs, ref_log_probs, kl_coef=0.1, estimator="k
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef!r}")
     kl = kl_estimate(policy_log_probs, ref_log_probs, estimator=estimator, mask=mask)
     if float(kl_coef) == 0:  # the penalty is off: 0, even where k_t overflowed (0 * inf = nan)
-        return get_array_module(kl).zeros_like(kl)
+        xp = get_array_module(kl)
+        return xp.where(xp.isnan(kl), kl, kl.dtype.type(0))  # but a NaN (a diverged model) stays visible
     return kl * kl.dtype.type(-float(kl_coef))  # a scalar of kl's dtype: no promotion on any NumPy

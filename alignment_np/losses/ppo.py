@@ -13,12 +13,15 @@ entries: N below is their count. Masked-out entries may hold anything (TRL
 writes 1.0 into padded log-probs, others write -inf): they are replaced by 0
 before any arithmetic, get gradient 0 and never produce a nan.
 
-Non-finite inputs are refused: a NaN or an infinity in a counted entry of any
-input raises ValueError naming the argument and the index (a NaN must never
-come out as a finite loss). The one exception is a -inf logit in
-``entropy_from_logits``, which is a banned token, not an error. Wrong types
-(None, strings, ragged lists, integer arrays) raise TypeError naming the
-argument.
+Non-finite inputs propagate, visibly: a NaN in a counted entry of any input
+makes the loss NaN and that entry's gradient NaN (never 0, never a finite
+loss), so the trainers' NaN guard (``checks.check_finite_metrics``) stops the
+step before the optimiser and names it. These losses run inside training
+steps, where a NaN means a diverged model, not a caller's mistake. An
+infinity gives the true limit where there is one (the clipped term of an
+infinite ratio) and inf or NaN otherwise. A -inf logit in
+``entropy_from_logits`` is a banned token (probability 0). Wrong types (None,
+strings, ragged lists, integer arrays) raise TypeError naming the argument.
 
 References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
 (arXiv:1707.06347), Eq. 7 (clipped surrogate) and Eq. 9 (value loss and
@@ -30,8 +33,8 @@ from __future__ import annotations
 import math
 import numbers
 
-from ..backend import get_array_module, to_numpy
-from ..checks import check_bool, check_finite_array, check_float_array, check_mask
+from ..backend import get_array_module
+from ..checks import check_bool, check_float_array, check_mask
 from ..functional.stable import log_softmax
 
 # ----------------------------------------------------------------------------- validation
@@ -62,12 +65,6 @@ def _mask_and_count(mask, shape, xp, what: str = "the first argument"):
     if n == 0:
         raise ValueError("mask selects no entries (its sum is 0): there is nothing to average")
     return m, n
-
-
-def _check_finite(m, xp, **arrays) -> None:
-    """ValueError naming the first input with a NaN or an infinity where the mask counts it."""
-    for name, x in arrays.items():
-        check_finite_array(name, x if m is None else xp.where(m, x, 0))
 
 
 def _check_range(name: str, value, low: float, high: float) -> float:
@@ -141,7 +138,6 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     eps = _check_range("clip_ratio", clip_ratio, 0.0, 1.0)
     return_metrics = check_bool("return_metrics", return_metrics)
     m, n = _mask_and_count(mask, new_log_probs.shape, xp, "new_log_probs")
-    _check_finite(m, xp, new_log_probs=new_log_probs, old_log_probs=old_log_probs, advantages=advantages)
 
     if m is not None:  # padding holds anything: zero it before it meets exp or a subtraction
         new_log_probs = _keep(m, new_log_probs, xp)
@@ -178,8 +174,12 @@ def ppo_loss(new_log_probs, old_log_probs, advantages, clip_ratio=0.2, mask=None
     clipped = advantages * xp.where(advantages > 0, one + one.dtype.type(eps), one - one.dtype.type(eps))
     # The pessimistic (lower) bound of the two (Eq. 7); padded entries are 0.
     surrogate = xp.where(clipped_active, clipped, unclipped)
+    # A NaN (a diverged model) propagates: not hidden by the clipped branch or by A = 0.
+    nan_in = xp.isnan(log_ratio) | xp.isnan(advantages)
+    surrogate = xp.where(nan_in, xp.nan, surrogate).astype(unclipped.dtype, copy=False)
     loss = -_mean(surrogate.sum(), n)
     grad_new_log_probs = _keep(~clipped_active, -unclipped, xp) / n
+    grad_new_log_probs = xp.where(nan_in, xp.nan, grad_new_log_probs).astype(unclipped.dtype, copy=False)
 
     if not return_metrics:
         return loss, grad_new_log_probs
@@ -225,7 +225,6 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
         clip_range = _check_range("clip_range", clip_range, 0.0, float("inf"))
     return_metrics = check_bool("return_metrics", return_metrics)
     m, n = _mask_and_count(mask, values.shape, xp, "values")
-    _check_finite(m, xp, values=values, old_values=old_values, returns=returns)
 
     if m is not None:  # padded entries become 0 everywhere, so they add 0 below
         values = _keep(m, values, xp)
@@ -254,6 +253,9 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
         # overflowing clipped error times 0 would be nan, and the slope is exactly 0.
         inside = xp.abs(change) < clip_range
         grad_values = xp.where(unclipped >= clipped, error, _keep(inside, clipped_error, xp)) / n
+        # A NaN anywhere in an entry (maximum propagates it into the loss) is NaN in its gradient too.
+        nan_in = xp.isnan(values) | xp.isnan(old_values) | xp.isnan(returns)
+        grad_values = xp.where(nan_in, xp.nan, grad_values)
         metrics = {"clip_fraction": _masked_mean(clipped > unclipped, m, n, xp)}
 
     grad_values = grad_values.astype(values.dtype, copy=False)
@@ -265,25 +267,12 @@ def value_loss(values, old_values, returns, clip_range=0.2, mask=None, return_me
 # ----------------------------------------------------------------------------- entropy
 
 
-def _check_logits(logits, m, xp) -> None:
-    """NaN or +inf anywhere counted, or a counted row of only -inf: ValueError."""
-    counted = logits if m is None else xp.where(m[..., None], logits, 0)
-    check_finite_array("logits", xp.where(counted == -xp.inf, 0, counted))  # -inf: a banned token
-    no_finite = ~xp.isfinite(counted).any(axis=-1)
-    if bool(no_finite.any()):
-        where = tuple(int(i) for i in to_numpy(xp.argwhere(no_finite))[0])
-        raise ValueError(
-            f"logits: expected at least one finite entry per row (a distribution), "
-            f"got a row of only -inf at index {where}"
-        )
-
-
 def entropy_from_logits(logits, mask=None):
     """Mean entropy of softmax(logits) over positions, and its gradient.
 
     logits: (..., V), e.g. (B, T, V): unnormalised scores over the vocabulary.
-            -inf entries (banned tokens) are allowed; NaN and +inf are
-            refused (ValueError), and so is a row with no finite entry.
+            -inf entries (banned tokens) are allowed; a NaN or +inf logit,
+            or a row of only -inf (no distribution), gives a NaN entropy.
     mask:   optional, shape (...) = logits.shape[:-1]; the mean runs over
             masked-in positions. Masked-out rows may hold anything.
 
@@ -303,7 +292,6 @@ def entropy_from_logits(logits, mask=None):
     if logits.ndim < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     m, n = _mask_and_count(mask, logits.shape[:-1], xp, "logits.shape[:-1]")
-    _check_logits(logits, m, xp)
     if m is not None:
         logits = xp.where(m[..., None], logits, 0)  # padded rows become uniform, then excluded
 

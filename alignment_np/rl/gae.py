@@ -41,11 +41,13 @@ the hole.
 
 Non-finite numbers
 ------------------
-``compute_gae`` and ``whiten`` refuse a NaN or an infinity in a counted entry
-(rewards, values, last_value, x) with a ValueError naming the argument and
-the index; padding may hold anything. An advantage whose true value does not
-fit the dtype (rewards of 3e38 in float32) overflows to inf, visibly, and an
-episode end stops it from flowing back (``where``, never ``0 * inf = nan``).
+``compute_gae`` and ``whiten`` run inside every on-policy training step, so a
+NaN in a counted entry (a diverged model's value or reward) propagates
+visibly: the advantages of its episode (for ``whiten``, of the whole batch)
+are NaN, never 0, and the trainer's NaN guard stops the step and names it.
+Padding may hold anything. An advantage whose true value does not fit the
+dtype (rewards of 3e38 in float32) overflows to inf, visibly, and an episode
+end stops it from flowing back (``where``, never ``0 * inf = nan``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
-from ..checks import check_bool, check_finite_array, check_float_array, check_mask
+from ..checks import check_bool, check_float_array, check_mask
 
 
 def _check_unit_interval(name: str, value) -> float:
@@ -95,12 +97,8 @@ def _check_gae_inputs(rewards, values, gamma, lam, last_value, dones, mask):
             f"last_value must be a scalar or have shape {tuple(batch_shape)} (one per row of rewards), "
             f"got shape {tuple(last_value.shape)}"
         )
-    check_finite_array("last_value", last_value)
     dones = check_mask("dones", dones, rewards.shape, xp, like="rewards")
     mask = check_mask("mask", mask, rewards.shape, xp, like="rewards")
-    # Padding's rewards and values may hold anything (even nan); counted ones must be finite.
-    for name, arr in (("rewards", rewards), ("values", values)):
-        check_finite_array(name, arr if mask is None else xp.where(mask, arr, 0))
     return xp, rewards, values, gamma, lam, last_value, dones, mask, dtype
 
 
@@ -206,8 +204,8 @@ def compute_gae_reference(rewards, values, gamma=0.99, lam=0.95, last_value=0.0,
 def whiten(x, mask=None, shift_mean=True, eps=1e-8, unbiased=True):
     """Normalise ``x`` to mean 0 and standard deviation 1 over its (masked) entries.
 
-    x:          any shape, e.g. advantages (B, T); counted entries must be
-                finite (ValueError otherwise).
+    x:          any shape, e.g. advantages (B, T); a NaN among the counted
+                entries makes every counted output NaN (visible, never 0).
     mask:       optional, same shape, 1 on entries that count; masked-out entries
                 are excluded from the statistics and returned as 0.
     shift_mean: if False, the mean is added back: only the scale changes (TRL
@@ -246,8 +244,9 @@ def whiten(x, mask=None, shift_mean=True, eps=1e-8, unbiased=True):
     if n < need:
         why = " for the unbiased variance (n - 1 in the denominator)" if unbiased else ""
         raise ValueError(f"whiten needs at least {need} counted entries in x (the mask sum){why}, got {n}")
-    xm = xp.where(m, x, 0)  # masked-out entries may hold anything
-    check_finite_array("x", xm)
+    xm = xp.where(m, x, x.dtype.type(0))  # masked-out entries may hold anything
+    if not bool(xp.isfinite(xm).all()):  # NaN or inf among the counted entries: no statistics
+        return xp.where(m, xp.nan, 0).astype(x.dtype)
 
     work = xm.astype(xp.float64) if xm.dtype.itemsize < 8 else xm
     s = float(xp.abs(work).max())
