@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..data.preferences import load_preferences
     from ..runs import StopRequest, train_stage
-    from ..runs.report import write_report
+    from ..runs.report import pm, write_report
     from ..trainers.reward_lm import RewardLMTrainer
     from .checkpoints import load_policy
     from .collect import HELDOUT_PAIRS, PAIRS
@@ -61,6 +61,6 @@ def run(args) -> int:
     write_report(folder, plots=False)
     say(f"done: {outcome.message}", stage.quiet)
     if heldout:
-        say(f"held-out pairwise accuracy {results['eval_accuracy']:.3f} ± {results['eval_accuracy_se']:.3f} "
+        say(f"held-out pairwise accuracy {pm(results['eval_accuracy'], results['eval_accuracy_se'])} "
             f"(chance 0.5), loss {results['eval_loss']:.4f}", stage.quiet)
     return 0
