@@ -59,3 +59,18 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory):
+    """A whole ``pipeline --preset tiny`` run folder (sft, collect, rm, dpo, eval), made once per session.
+
+    Tests that change a run copy it first (``shutil.copytree``). Needs the
+    sentiment task's rater (vaderSentiment, in the dev extra).
+    """
+    pytest.importorskip("vaderSentiment")
+    from alignment_np.cli import main
+
+    run = tmp_path_factory.mktemp("tiny_pipeline") / "run"
+    assert main(["pipeline", "--out", str(run), "--task", "sentiment", "--preset", "tiny", "--quiet"]) == 0
+    return run

@@ -34,12 +34,10 @@ def run_main(argv, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """A whole tiny pipeline, made once; tests copy it before changing anything."""
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    assert main(["pipeline", "--out", str(run), "--task", "sentiment", *TINY]) == 0
-    return run
+@pytest.fixture
+def pipeline_run(tiny_pipeline_run):
+    """The session's tiny pipeline (conftest.py); tests copy it before changing anything."""
+    return tiny_pipeline_run
 
 
 @pytest.fixture

@@ -14,5 +14,9 @@ COMMANDS = {
     "dpo": "dpo",
     "eval": "eval",
     "pipeline": "pipeline",
+    "ppo": "ppo",
+    "grpo": "grpo",
+    "rloo": "rloo",
+    "bon": "bon",
     "sample": "sampling",
 }

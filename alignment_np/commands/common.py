@@ -31,10 +31,17 @@ __all__ = ["STAGES", "PRESETS", "add_run_arguments", "add_stage_config", "open_s
 # The stages a pipeline config file may hold a section for, in pipeline order.
 STAGES = ("sft", "collect", "rm", "dpo", "eval", "ppo", "grpo", "rloo", "bon")
 
-# Named configs: the default is the dataclasses' own defaults (the run the README
-# describes); "tiny" makes every stage take seconds, for tests and a first look.
+# Named configs: "default" is the run the README describes (the dataclasses' own
+# defaults, plus what the sentiment task needs: completions long enough for its
+# longest review, 66 characters with <eos>); "tiny" makes every stage take
+# seconds, for tests and a first look. A preset sits under --config and the flags.
+_RESPONSE = 66
 PRESETS = {
-    "default": {},
+    "default": {
+        "ppo": {"response_length": _RESPONSE},
+        "grpo": {"max_completion_length": _RESPONSE},
+        "rloo": {"response_length": _RESPONSE},
+    },
     "tiny": {
         "sft": {"lines": 300, "eval_lines": 40, "d_model": 32, "n_layer": 1, "n_head": 2, "steps": 100,
                 "batch_size": 8, "warmup_steps": 5, "lr": 0.01},
@@ -42,9 +49,9 @@ PRESETS = {
         "rm": {"steps": 10, "batch_size": 8},
         "dpo": {"steps": 10, "batch_size": 8},
         "eval": {"samples": 32, "batch_size": 32},
-        "ppo": {"steps": 3, "prompts_per_step": 8},
-        "grpo": {"steps": 3, "prompts_per_step": 4},
-        "rloo": {"steps": 3, "prompts_per_step": 4},
+        "ppo": {"steps": 3, "batch_size": 8, "num_mini_batches": 2, "num_ppo_epochs": 2, "response_length": _RESPONSE},
+        "grpo": {"steps": 3, "batch_size": 4, "num_generations": 4, "max_completion_length": _RESPONSE},
+        "rloo": {"steps": 3, "batch_size": 4, "rloo_k": 4, "response_length": _RESPONSE},
         "bon": {"samples": 16},
     },
 }
@@ -136,7 +143,8 @@ def open_stage(args, name: str, cls, *, inputs=(), may_change=("steps",), steps_
     while loading leaves the run folder as it was.
 
     name: the stage's name in the run (its checkpoint is ``<name>.npz``).
-    cls: the stage's config dataclass. inputs: the stages it reads.
+    cls: the stage's config dataclass. inputs: the stages it reads, or a
+    function of the resolved config that returns them.
     may_change: config fields a ``--resume`` may change (``steps``: train longer).
     config_section: the section of a pipeline config file and of the preset to
     read (default ``name``). checkpointed: the stage writes ``<name>.npz`` (a
@@ -167,8 +175,6 @@ def open_stage(args, name: str, cls, *, inputs=(), may_change=("steps",), steps_
             f"--resume: stage {name!r} of {run.path} stopped before its first save ({run.checkpoint(name)} "
             f"does not exist); start it again with --force"
         )
-    for source in inputs:
-        run.require(source, by=name)
     if resume and record is not None:
         stored = record.get("config", {})
         given = {**file_values, **explicit}
@@ -177,6 +183,10 @@ def open_stage(args, name: str, cls, *, inputs=(), may_change=("steps",), steps_
         config = resolve(cls, changes, preset=stored)
     else:
         config = resolve(cls, explicit, file_values, preset)
+    if callable(inputs):
+        inputs = inputs(config)
+    for source in inputs:
+        run.require(source, by=name)
     steps = getattr(config, steps_field) if steps_field else None
     if resume and record is not None and steps is not None and steps < int(record.get("step") or 0):
         raise ValueError(

@@ -54,20 +54,28 @@ def field_docs(cls) -> dict:
     """{field: docstring} of a dataclass whose fields carry docstrings (read from its source).
 
     The string literal right after a field's annotation documents it (the
-    convention of the project's configs, as in nanoGPT and CleanRL). Returns
-    {} when the source cannot be read (e.g. a frozen executable).
+    convention of the project's configs, as in nanoGPT and CleanRL). Fields
+    inherited from a base dataclass take the base's docstrings; a field made
+    without source (``dataclasses.make_dataclass``) may carry its doc in
+    ``metadata["doc"]``. Fields whose source cannot be read have no doc.
     """
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
     docs = {}
-    body = tree.body[0].body
-    for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant)
-                and isinstance(after.value.value, str)):
-            docs[node.target.id] = " ".join(after.value.value.split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(getattr(after, "value", None), ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    for f in dataclasses.fields(cls):
+        if "doc" in f.metadata:
+            docs[f.name] = f.metadata["doc"]
     return docs
 
 

@@ -105,6 +105,32 @@ def _offline_section(name: str, r: dict) -> list[str]:
     return lines + _table(["metric", "held-out"], [[f"`{k}`", fmt(r[k])] for k in keys]) + [""]
 
 
+_ONLINE_KEYS = ("objective/scores", "objective/kl", "objective/rlhf_reward", "objective/non_score_reward",
+                "objective/kl_coef", "objective/entropy", "policy/clipfrac_avg", "policy/approxkl_avg",
+                "policy/entropy_avg", "loss/policy_avg", "loss/value_avg", "val/var_explained",
+                "completions/mean_length", "completions/clipped_ratio")
+
+
+def _online_section(name: str, r: dict) -> list[str]:
+    reward = "the reward model" if r.get("reward") == "rm" else "the rater"
+    final = r.get("final", {})
+    keys = [k for k in _ONLINE_KEYS if k in final] or sorted(final)
+    lines = [f"## `{name}` ({r.get('method', '?').upper()} against {reward}, {fmt(r.get('iterations'))} "
+             "iterations)", "", "Training metrics (TRL's names), averaged over the last tenth of the iterations; "
+             "the held-out numbers are in the evaluation below:", ""]
+    return lines + _table(["metric", "value"], [[f"`{k}`", fmt(final[k])] for k in keys]) + [""]
+
+
+def _bon_section(name: str, r: dict) -> list[str]:
+    picker = "the reward model" if r.get("reward") == "rm" else "the rater itself (an oracle)"
+    return [f"## Best-of-N (`{name}`: N = {r.get('n')}, picked by {picker})", "",
+            f"On {fmt(r.get('samples'))} held-out prompts: rater score **{pm(r.get('score'), r.get('score_se'))}**, "
+            f"gain over one SFT sample of the same prompt {pm(r.get('gain'), r.get('gain_se'))}, win rate "
+            f"{pm(r.get('win_rate'), r.get('win_rate_se'))}, grammatical {pm(r.get('grammatical'), r.get('grammatical_se'))}, "
+            f"mean proxy (picker's) score {fmt(r.get('proxy'))}; KL from the SFT model log N - (N-1)/N = "
+            f"{fmt(r.get('kl'))} nats (analytic).", ""]
+
+
 def _eval_section(r: dict) -> list[str]:
     policies = r.get("policies", {})
     if not policies:
@@ -157,6 +183,10 @@ def build_report(run: RunFolder, plots: list[str] | None = None) -> str:
             lines += sections[name](r)
         elif r.get("kind") == "offline":
             lines += _offline_section(name, r)
+        elif r.get("kind") == "online":
+            lines += _online_section(name, r)
+        elif r.get("kind") == "best_of_n":
+            lines += _bon_section(name, r)
     if "eval" in results:
         lines += _eval_section(results["eval"])
     if plots:
