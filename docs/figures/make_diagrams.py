@@ -13,6 +13,7 @@ Diagrams:
   pipeline.png          chapter 5: RLHF's three stages (SFT, reward model, PPO) beside DPO's two
   preference_batch.png  chapter 3: a batch of 2B rows, chosen then rejected, with its masks and causal shift
   backward_graph.png    chapter 8: one DPO step through the tiny GPT, forward and backward, the tied weight
+  ppo_loop.png          chapter 10: one PPO iteration for RLHF: rollout, per-token rewards, GAE, epochs of updates
 """
 
 from __future__ import annotations
@@ -261,10 +262,76 @@ def backward_graph(path: str) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- the PPO loop
+
+
+def ppo_loop(path: str) -> None:
+    """One iteration of PPO for RLHF (``PPOTrainer.train_step``): rollout, rewards, GAE, update, KL control."""
+    fig, ax = _canvas(14.0, 6.6)
+    y_top, y_mid, y_low = 5.4, 3.45, 1.35
+
+    # The rollout: the policy samples, three frozen or trained models score the same tokens.
+    prompts = _box(ax, 1.05, y_top, 1.7, 0.8, "B prompts $x$\n(training split)", DATA)
+    policy = _box(ax, 3.55, y_top, 2.4, 0.95, "policy $\\pi_\\theta$\nsamples $y$ with the\nKV cache at temp", MODEL)
+    samples = _box(ax, 6.35, y_top, 2.2, 0.95, "tokens, response mask\n$m_{i,t}$, last token\nof each response", DATA,
+                   fontsize=8)
+    _arrow(ax, prompts["right"], policy["left"])
+    _arrow(ax, policy["right"], samples["left"])
+    scorers = [  # (text, colour, y): every one reads the same sampled tokens
+        ("$\\pi_\\theta$: one forward\n$\\log\\pi_\\theta(y_t)$ at temp", MODEL, 6.15),
+        ("$\\pi_{\\mathrm{ref}}$ (frozen SFT):\n$\\log\\pi_{\\mathrm{ref}}(y_t)$ at temp", FROZEN, 5.25),
+        ("reward model $r_\\phi$ (frozen):\nscore at the last token;\n$-p$ if no <eos>", FROZEN, 4.3),
+        ("value model $V_\\psi$:\n$V(s_t)$ at each token", MODEL, 3.25),
+    ]
+    boxes = []
+    for text, color, y in scorers:
+        b = _box(ax, 9.0, y, 2.5, 0.75, text, color, fontsize=7.5)
+        boxes.append(b)
+        _arrow(ax, samples["right"], b["left"])
+    ax.text(9.0, 6.75, "the rollout: no gradients", ha="center", fontsize=8.5, style="italic", color="0.35")
+
+    # Rewards and advantages.
+    rewards = _box(ax, 12.15, 5.2, 2.1, 1.25, "per-token reward\n$r_t = -\\beta k_t$\n"
+                   "+ score at the last $t$\n(chapter 7)", DATA, fontsize=8)
+    for b in boxes[:3]:
+        _arrow(ax, b["right"], rewards["left"])
+    gae = _box(ax, 12.15, y_mid - 0.35, 2.1, 1.25, "GAE with the mask,\n$\\gamma = 1$: $A_t$, returns\n"
+               "$R^\\lambda_t = A_t + V(s_t)$;\nwhiten $A_t$", DATA, fontsize=8)
+    _arrow(ax, rewards["bottom"], gae["top"])
+    _arrow(ax, boxes[3]["right"], gae["left"])
+
+    # The update: epochs of minibatches.
+    update = _box(ax, 7.6, y_low, 5.0, 1.35, "num_ppo_epochs x num_mini_batches:\n"
+                  "clipped surrogate($\\rho_t$, $A_t$) + $c_V\\,$clipped value loss($V$, $R^\\lambda$)\n"
+                  "$- c_{\\mathcal{H}}\\,$entropy; backward; clip the gradient norm;\nNaN guard; AdamW step",
+                  LOSS, fontsize=8)
+    _arrow(ax, gae["bottom"], update["right"], rad=-0.2)
+    control = _box(ax, 12.15, y_low - 0.35, 2.1, 0.9, "KL controller:\n$\\beta \\leftarrow \\beta(1 + K_\\beta \\xi)$\n"
+                   "(fixed: unchanged)", FROZEN, fontsize=8)
+    _arrow(ax, (13.5, control["right"][1]), (13.5, rewards["right"][1]), color="0.45", ls="--")
+    ax.plot([control["right"][0], 13.5], [control["right"][1]] * 2, color="0.45", lw=1.3, ls="--")
+    ax.plot([rewards["right"][0], 13.5], [rewards["right"][1]] * 2, color="0.45", lw=1.3, ls="--")
+    ax.text(13.62, (control["right"][1] + rewards["right"][1]) / 2, "the next iteration's $\\beta$",
+            rotation=90, ha="left", va="center", fontsize=8, color="0.45")
+    ax.text(2.6, y_low, "the updated $\\pi_\\theta$ and $V_\\psi$\nroll out the next batch",
+            ha="center", va="center", fontsize=8.5, color=FORWARD)
+    _arrow(ax, update["left"], (policy["bottom"][0], policy["bottom"][1]), color=FORWARD, rad=-0.3)
+    ax.text(7.6, 0.25, "Chapter 6: the clipped surrogate and the value loss; chapter 7: the KL estimate $k_t$ "
+            "and the controller; chapter 8: the model's forward and backward.",
+            ha="center", fontsize=8, style="italic", color="0.35")
+    for i, (color, label) in enumerate(((MODEL, "trained"), (FROZEN, "frozen"), (DATA, "data"),
+                                        (LOSS, "loss and update"))):
+        ax.add_patch(Rectangle((0.25, 3.9 - 0.42 * i), 0.3, 0.22, facecolor=color, edgecolor="0.35"))
+        ax.text(0.65, 4.01 - 0.42 * i, label, va="center", fontsize=8)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
 DIAGRAMS = {
     "pipeline.png": pipeline,
     "preference_batch.png": preference_batch,
     "backward_graph.png": backward_graph,
+    "ppo_loop.png": ppo_loop,
 }
 
 
