@@ -74,3 +74,22 @@ def tiny_pipeline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny_pipeline") / "run"
     assert main(["pipeline", "--out", str(run), "--task", "sentiment", "--preset", "tiny", "--quiet"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_rl_run(tiny_pipeline_run, tmp_path_factory):
+    """The tiny pipeline run plus ``ppo``, ``grpo``, ``rloo`` and ``bon`` (tiny preset), then ``eval``.
+
+    Made once per session from a copy of ``tiny_pipeline_run``; tests that
+    change it copy it first.
+    """
+    import shutil
+
+    from alignment_np.cli import main
+
+    run = tmp_path_factory.mktemp("tiny_rl") / "run"
+    shutil.copytree(tiny_pipeline_run, run)
+    for command in ("ppo", "grpo", "rloo", "bon"):
+        assert main([command, "--run", str(run), "--preset", "tiny", "--quiet"]) == 0, command
+    assert main(["eval", "--run", str(run), "--preset", "tiny", "--quiet"]) == 0
+    return run

@@ -29,14 +29,9 @@ def run_main(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def rl_run(tiny_pipeline_run, tmp_path_factory):
-    """The tiny pipeline plus ppo, grpo, rloo and bon, then eval."""
-    run = tmp_path_factory.mktemp("rl") / "run"
-    shutil.copytree(tiny_pipeline_run, run)
-    for command in ("ppo", "grpo", "rloo", "bon"):
-        assert main([command, "--run", str(run), *TINY]) == 0, command
-    assert main(["eval", "--run", str(run), *TINY]) == 0
-    return run
+def rl_run(tiny_rl_run):
+    """The tiny pipeline plus ppo, grpo, rloo and bon, then eval (the session's, tests/conftest.py)."""
+    return tiny_rl_run
 
 
 def test_each_method_adds_its_checkpoint_metrics_and_report_section(rl_run):
