@@ -10,7 +10,7 @@ import pytest
 from alignment_np.data.corpus import generate_prompts
 from alignment_np.data.preferences import load_preferences, save_preferences
 from alignment_np.tasks import collect as collect_module
-from alignment_np.tasks.collect import check_rater_scores, collect_preferences, sample_completions
+from alignment_np.tasks.collect import check_rater_scores, collect_preferences, flip_labels, sample_completions
 from tiny_sft import lexicon_rate, tiny_sft
 
 PROMPTS = list(dict.fromkeys(generate_prompts(200, seed=3)))[:24]  # distinct: pairs are matched by prompt
@@ -135,6 +135,24 @@ def test_flip_rate_flips_exactly_that_fraction_and_records_it(flip_rate):
             assert p.meta["score_chosen"] == c.meta["score_rejected"] < p.meta["score_rejected"]
         else:
             assert p == c
+
+
+@pytest.mark.parametrize("flip_rate", [0.0, 0.25, 0.5])
+def test_flip_labels_on_clean_pairs_gives_what_collect_gives_with_that_flip_rate(flip_rate):
+    model, tok = tiny_sft()
+    clean, _ = collect_preferences(model, tok, PROMPTS, letter_rate, seed=4)
+    noisy, summary = collect_preferences(model, tok, PROMPTS, letter_rate, seed=4, flip_rate=flip_rate)
+    kept = list(clean)
+    flipped, n = flip_labels(clean, flip_rate, seed=4)
+    assert flipped == noisy and n == summary["flipped"]
+    assert clean == kept  # the input list and its pairs are left as they were
+    if n:
+        with pytest.raises(ValueError, match=r"pairs\[\d+\]: already flipped"):
+            flip_labels(flipped, flip_rate, seed=4)
+    with pytest.raises(TypeError, match=r"pairs\[0\]: expected a PreferencePair, got tuple"):
+        flip_labels([("p", "a", "b")], 0.5)
+    with pytest.raises(ValueError, match="flip_rate: expected a number in"):
+        flip_labels(clean, 1.5)
 
 
 def test_collect_with_the_lexicon_rater_prefers_positive_text():

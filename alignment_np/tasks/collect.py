@@ -62,7 +62,7 @@ from ..data.preferences import PreferencePair
 from ..progress import Progress
 from ..rl.generate import generate
 
-__all__ = ["collect_preferences", "sample_completions", "check_rater_scores"]
+__all__ = ["collect_preferences", "flip_labels", "sample_completions", "check_rater_scores"]
 
 
 def check_rater_scores(scores, n: int, name: str = "rate") -> np.ndarray:
@@ -196,6 +196,47 @@ def sample_completions(
             "tokens": tokens}
 
 
+def flip_labels(pairs: Sequence[PreferencePair], flip_rate: float, seed: int = 0) -> tuple[list, int]:
+    """Swap the labels of exactly ``round(flip_rate * len(pairs))`` pairs (half up), chosen at random.
+
+    pairs: (M,) ``PreferencePair`` as ``collect_preferences`` returns them
+        (meta with "score_chosen" and "score_rejected"), unflipped.
+    flip_rate: in [0, 1]. seed: int >= 0.
+    Returns (new list of pairs, number flipped); the input list is not changed.
+    A flipped pair swaps its texts AND its scores and records
+    ``meta["flipped"] = True`` (the module docstring).
+
+    The flips come from the same stream ``collect_preferences`` draws its
+    flips from (the second child of ``SeedSequence(seed)``), so flipping a
+    clean collection with its own seed gives exactly the pairs that
+    ``collect_preferences(..., flip_rate=flip_rate, seed=seed)`` would have
+    returned, without sampling again (the noisy-preference experiment).
+    """
+    flip_rate = check_float("flip_rate", flip_rate, 0.0, 1.0)
+    seed = check_int("seed", seed, low=0)
+    pairs = list(pairs)
+    for i, q in enumerate(pairs):
+        if not isinstance(q, PreferencePair):
+            raise TypeError(f"pairs[{i}]: expected a PreferencePair, got {type(q).__name__}")
+        if q.meta.get("flipped"):
+            raise ValueError(f"pairs[{i}]: already flipped; flip_labels expects the clean pairs")
+    return _flip(pairs, flip_rate, np.random.SeedSequence(seed).spawn(2)[1])
+
+
+def _flip(pairs: list, flip_rate: float, flip_seq) -> tuple[list, int]:
+    """Flip exactly round(flip_rate * len(pairs)) of ``pairs`` (a new list), drawing from ``flip_seq``."""
+    pairs = list(pairs)
+    n_flip = int(math.floor(flip_rate * len(pairs) + 0.5))
+    flip_rng = np.random.default_rng(flip_seq)
+    for i in sorted(flip_rng.choice(len(pairs), size=n_flip, replace=False).tolist()):
+        q = pairs[i]
+        pairs[i] = PreferencePair(q.prompt, q.rejected, q.chosen, meta={
+            **q.meta, "score_chosen": q.meta["score_rejected"], "score_rejected": q.meta["score_chosen"],
+            "flipped": True,
+        })
+    return pairs, n_flip
+
+
 def collect_preferences(
     policy,
     tokenizer,
@@ -281,13 +322,7 @@ def collect_preferences(
             meta={"score_chosen": float(scores[best]), "score_rejected": float(scores[worst]), "flipped": False},
         ))
 
-    n_flip = int(math.floor(flip_rate * len(pairs) + 0.5))
-    flip_rng = np.random.default_rng(flip_seq)
-    for i in sorted(flip_rng.choice(len(pairs), size=n_flip, replace=False).tolist()):
-        q = pairs[i]
-        pairs[i] = PreferencePair(q.prompt, q.rejected, q.chosen, meta={
-            "score_chosen": q.meta["score_rejected"], "score_rejected": q.meta["score_chosen"], "flipped": True,
-        })
+    pairs, n_flip = _flip(pairs, flip_rate, flip_seq)
 
     rated = scores[rated_idx]
     n_finished = int(out["finished"].sum())
