@@ -131,6 +131,15 @@ def _bon_section(name: str, r: dict) -> list[str]:
             f"{fmt(r.get('kl'))} nats (analytic).", ""]
 
 
+def _experiment_section(name: str, r: dict) -> list[str]:
+    """An experiment (``experiment NAME``): its main table, its plot, and links to its page and numbers."""
+    lines = [f"## Experiment: {r.get('title', name)} (`{name}`)", "", *r.get("summary", []), ""]
+    if r.get("plot"):
+        lines += [f"![{name}]({r['plot']})", ""]
+    return lines + [f"The whole experiment: [{r.get('markdown')}]({r.get('markdown')}); every number with its "
+                    f"standard error and the config it ran with: [{r.get('json')}]({r.get('json')}).", ""]
+
+
 def _eval_section(r: dict) -> list[str]:
     policies = r.get("policies", {})
     if not policies:
@@ -189,6 +198,9 @@ def build_report(run: RunFolder, plots: list[str] | None = None) -> str:
             lines += _bon_section(name, r)
     if "eval" in results:
         lines += _eval_section(results["eval"])
+    for name in run.stages():
+        if (results.get(name) or {}).get("kind") == "experiment":
+            lines += _experiment_section(name, results[name])
     if plots:
         lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots] + [""]
     elif plots is not None and not has_matplotlib():
