@@ -18,5 +18,6 @@ COMMANDS = {
     "grpo": "grpo",
     "rloo": "rloo",
     "bon": "bon",
+    "experiment": "experiment",
     "sample": "sampling",
 }
