@@ -155,8 +155,10 @@ def plot(results: dict, path: str) -> None:
     for r in results["points"] + results["best_of_n"]:
         if r.get("status", "complete") == "complete":
             series.setdefault(r["method"], []).append(r)
-    plot_errorbars(path, [("KL(policy || SFT), nats per completion", "rater (VADER) score on held-out prompts",
+    plot_errorbars(path, [("KL(policy || SFT), nats per completion (linear below 1, log above)",
+                           "rater (VADER) score on held-out prompts",
                            {m: sorted(rows, key=lambda r: r["kl"]) for m, rows in series.items()},
                            lambda r: (r["kl"], r["kl_se"] or 0.0, r["score"], r["score_se"] or 0.0))],
                    MARKERS, "Reward-KL frontier (cf. Rafailov et al. 2023, Fig. 2 left); error bars 2 SE",
-                   label=lambda m, rows: m if m == "SFT" else f"{m} ({rows[0]['param']})")
+                   label=lambda m, rows: m if m == "SFT" else f"{m} ({rows[0]['param']})", xscale="symlog",
+                   annotate=lambda r: None if r["value"] is None else f"{r['value']:g}")

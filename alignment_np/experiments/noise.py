@@ -173,6 +173,8 @@ def markdown(results: dict, exp, session) -> tuple[str, list]:
     return "\n".join(lines), score_table + [""] + acc_table
 
 
+OFFSET = {"DPO": -0.006, "cDPO": -0.002, "rDPO": 0.002, "RM+PPO": 0.006}  # a sideways shift per method
+
 STYLES = {"DPO": ("D", "#d62728"), "cDPO": ("s", "#2ca02c"), "rDPO": ("^", "#9467bd"), "RM+PPO": ("o", "#1f77b4"),
           "reward model": ("o", "#1f77b4")}
 
@@ -185,10 +187,13 @@ def plot(results: dict, path: str) -> None:
     for m in METHODS[:3]:
         acc[m] = [{"flip_rate": p["flip_rate"], "a": p["implicit_accuracy"], "a_se": p.get("implicit_accuracy_se")}
                   for p in series[m] if p.get("implicit_accuracy") is not None]
+    for m, rows in acc.items():
+        for r in rows:
+            r["method"] = "RM+PPO" if m == "reward model" else m
     plot_errorbars(path, [
         ("flip rate of the training labels", "rater (VADER) score on held-out prompts", series,
-         lambda p: (p["flip_rate"], 0.0, p["score"], p["score_se"] or 0.0)),
+         lambda p: (p["flip_rate"] + OFFSET[p["method"]], 0.0, p["score"], p["score_se"] or 0.0)),
         ("flip rate of the training labels", "accuracy on the clean held-out pairs", acc,
-         lambda p: (p["flip_rate"], 0.0, p["a"], p["a_se"] or 0.0)),
-    ], STYLES, "Noisy preferences: error bars 2 SE",
+         lambda p: (p["flip_rate"] + OFFSET[p["method"]], 0.0, p["a"], p["a_se"] or 0.0)),
+    ], STYLES, "Noisy preferences: error bars 2 SE (methods shifted sideways a little, to be told apart)",
         hlines={0: [(results["sft"]["score"], "SFT")], 1: [(0.5, "chance")]})

@@ -19,7 +19,9 @@ what the policies wrote at the end, with both scores: what the proxy rewards.
 Whether the gold score falls is measured, not assumed: for each PPO run the
 gold score at the end is compared with the best gold score along the way by
 a paired difference over the same held-out prompts (with its standard error),
-and the page says whether it fell by more than two standard errors.
+and the page says whether it fell by more than two standard errors. (The best
+checkpoint is picked on the same samples, which biases the difference upwards:
+a fall just over two standard errors is weak evidence.)
 
 Budget: the KL-on run is the frontier's PPO point at the default coefficient
 (trained once); the KL-off run is one more PPO training (about 80 CPU s at 40
@@ -199,4 +201,11 @@ def plot(results: dict, path: str) -> None:
     panels = [(x, label, series, _xy(key)) for key, label in (("score", "gold: rater (VADER) score"),
                                                               ("proxy", "proxy: reward-model score"),
                                                               ("grammatical", "fraction grammatical"))]
-    plot_errorbars(path, panels, styles, "Over-optimisation (cf. Gao et al. 2022): error bars 2 SE")
+    plot_errorbars(path, panels, styles, "Over-optimisation (cf. Gao et al. 2022): error bars 2 SE; labels: "
+                   "PPO iteration, best-of-N's N", annotate=_label)
+
+
+def _label(row: dict) -> str | None:
+    if "n" in row and "n_max" in row:
+        return f"N={row['n']}"
+    return None if row["stage"] == "sft" else str(row["step"])

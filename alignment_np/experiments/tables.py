@@ -33,13 +33,16 @@ def _pyplot():
     return pyplot()
 
 
-def plot_errorbars(path: str, panels, styles: dict, title: str, label=None, hlines=None) -> None:
+def plot_errorbars(path: str, panels, styles: dict, title: str, label=None, hlines=None, xscale=None,
+                   annotate=None) -> None:
     """One figure of error-bar panels, written to ``path``.
 
     panels: [(x label, y label, {series: [rows]}, xy)] where ``xy(row) -> (x, x_se, y, y_se)``;
     each series is drawn with its marker and colour from ``styles`` ({series: (marker, colour)})
     and error bars of 2 SE on both axes, its points joined in the given order.
     label: ``label(series, rows) -> str`` for the legend. hlines: {panel index: [(y, text)]}.
+    xscale: None (linear) or "symlog" (linear below 1, logarithmic above: KLs from 0.2 to 200 on one axis).
+    annotate: ``annotate(row) -> str or None``, a label written beside each point (its swept value).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.3), squeeze=False)
@@ -52,10 +55,16 @@ def plot_errorbars(path: str, panels, styles: dict, title: str, label=None, hlin
             ax.errorbar(xs, ys, xerr=[2 * e for e in xe], yerr=[2 * e for e in ye], marker=marker, color=colour,
                         linestyle="-" if len(rows) > 1 else "none", linewidth=1, markersize=6, capsize=3,
                         label=label(name, rows) if label else name)
+            for row, x, y in zip(rows, xs, ys):
+                text = annotate(row) if annotate else None
+                if text:
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=colour)
         for y, text in (hlines or {}).get(k, []):
             ax.axhline(y, color="grey", linestyle="--", linewidth=1)
             ax.annotate(text, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
                         va="bottom")
+        if xscale == "symlog":
+            ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
