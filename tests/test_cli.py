@@ -254,3 +254,18 @@ def test_sample_errors_are_one_line_with_exit_status_1(argv, message, trained_ru
     code, _, err = run_main(["sample", *argv], capsys)
     assert code == 1 and err.startswith("alignment-np sample: error:")
     assert re.search(message, err)
+
+
+@pytest.mark.parametrize("given, expected", [(None, 1), ("2", 2)])
+def test_the_command_line_uses_one_blas_thread_unless_told_otherwise(given, expected):
+    pytest.importorskip("threadpoolctl")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = ("import alignment_np.__main__, numpy, threadpoolctl; "
+            "print(max(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == min(expected, os.cpu_count() or 1)
