@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     except Interrupted as stopped:
         print(f"alignment-np {args.command}: {stopped}; nothing was written", file=sys.stderr)
         return stopped.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves) and outside a stage's work
+        print(f"alignment-np {args.command}: interrupted (every checkpoint already saved is whole)", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:
         if os.environ.get("ALIGNMENT_NP_TRACEBACK"):  # for developers: the whole story
             raise

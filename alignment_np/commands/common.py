@@ -112,6 +112,25 @@ class Stage:
         self.run.begin(self.name, dataclasses.asdict(self.config), inputs=self.inputs, resume=self.resume,
                        force=self.force, command=self.command, steps=self.steps)
 
+    def train(self, trainer, data, kind: str | None = None):
+        """``begin()``, then train to ``config.steps`` under the run's mechanics (``runs.train_stage``).
+
+        kind: what the stage's checkpoint holds ("policy", "reward_model"),
+        recorded so that ``eval`` finds the policies. Prints the outcome's line
+        when the stage did not complete. Returns the ``Outcome``.
+        """
+        from ..runs import StopRequest, train_stage
+
+        self.begin()
+        if kind is not None:
+            self.run.update_stage(self.name, kind=kind)
+        with StopRequest() as stop:
+            outcome = train_stage(self.run, self.name, trainer, data, steps=self.steps, stop=stop,
+                                  save_every=self.save_every, progress=not self.quiet)
+        if outcome.status != "complete":
+            print(outcome.message, flush=True)
+        return outcome
+
     @contextlib.contextmanager
     def work_written_at_the_end(self):
         """``begin()``, then the body with Ctrl-C / SIGTERM stopping at once (``runs.stop_at_once``).

@@ -41,7 +41,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data.preferences import load_preferences
-    from ..runs import StopRequest, train_stage
     from ..runs.report import write_report
     from ..trainers.dpo_lm import DPOLMTrainer
     from .checkpoints import load_policy
@@ -61,13 +60,8 @@ def run(args) -> int:
     say(f"{name}: loss {c.loss_type}, beta {c.beta}, {len(pairs)} training pairs, {len(heldout)} held-out; "
         "reference log-probs computed once" + (" (reference-free: none)" if c.reference_free else ""), stage.quiet)
     data = trainer.prepare(pairs)
-    stage.begin()
-    folder.update_stage(name, kind="policy")
-    with StopRequest() as stop:
-        outcome = train_stage(folder, name, trainer, data, steps=c.steps, stop=stop,
-                              save_every=stage.save_every, progress=not stage.quiet)
+    outcome = stage.train(trainer, data, kind="policy")
     if outcome.status != "complete":
-        print(outcome.message, flush=True)
         return outcome.exit_code
     results = {"kind": "offline", "loss_type": c.loss_type, "beta": c.beta, "train_pairs": len(pairs),
                "eval_pairs": len(heldout), "seconds": folder.stage(name)["seconds"]}

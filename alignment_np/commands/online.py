@@ -71,7 +71,6 @@ def reward_function(folder, task, reward: str):
 
 
 def run(args, method: str, stage_cls, config_cls, trainer_cls) -> int:
-    from ..runs import StopRequest, train_stage
     from ..runs.report import write_report
     from ..tasks import get_task
     from .checkpoints import copy_model, load_policy
@@ -97,13 +96,8 @@ def run(args, method: str, stage_cls, config_cls, trainer_cls) -> int:
     prompts = list(task.prompt_set("train"))
     say(f"{name}: {method} on {len(prompts)} training prompts, reward from the "
         f"{'reward model' if c.reward == 'rm' else 'rater'}, {c.steps} iterations", stage.quiet)
-    stage.begin()
-    folder.update_stage(name, kind="policy")
-    with StopRequest() as stop:
-        outcome = train_stage(folder, name, trainer, prompts, steps=c.steps, stop=stop,
-                              save_every=stage.save_every, progress=not stage.quiet)
+    outcome = stage.train(trainer, prompts, kind="policy")
     if outcome.status != "complete":
-        print(outcome.message, flush=True)
         return outcome.exit_code
     rows = folder.metrics(name)
     tail = rows[-max(1, len(rows) // 10):]  # the last tenth of training

@@ -26,7 +26,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data.preferences import load_preferences
-    from ..runs import StopRequest, train_stage
     from ..runs.report import pm, write_report
     from ..trainers.reward_lm import RewardLMTrainer
     from .checkpoints import load_policy
@@ -44,13 +43,8 @@ def run(args) -> int:
     data = trainer.prepare(pairs)
     say(f"rm: {len(pairs)} training pairs, {len(heldout)} held-out pairs; "
         f"{trainer.model.num_parameters():,} parameters initialised from sft.npz", stage.quiet)
-    stage.begin()
-    folder.update_stage("rm", kind="reward_model")
-    with StopRequest() as stop:
-        outcome = train_stage(folder, "rm", trainer, data, steps=c.steps, stop=stop,
-                              save_every=stage.save_every, progress=not stage.quiet)
+    outcome = stage.train(trainer, data, kind="reward_model")
     if outcome.status != "complete":
-        print(outcome.message, flush=True)
         return outcome.exit_code
     results = {"train": trainer.evaluate(data), "eval_pairs": len(heldout), "seconds": folder.stage("rm")["seconds"]}
     if heldout:

@@ -104,7 +104,6 @@ def run(args) -> int:
     from ..data.corpus import unigram_entropy
     from ..data.tokenizer import CharTokenizer
     from ..nn.gpt import GPTConfig, TinyGPT
-    from ..runs import StopRequest, train_stage
     from ..tasks import get_task
     from ..trainers.sft import SFTTrainer
     from .sampling import continue_prompts
@@ -147,16 +146,12 @@ def run(args) -> int:
         f"vocab {tokenizer.vocab_size}", stage.quiet)
     say(f"unigram entropy baseline: {baseline:.4f} nats/char (a model that ignores context)", stage.quiet)
 
-    stage.begin()
-    with StopRequest() as stop:
-        outcome = train_stage(stage.run, "sft", trainer, lines, steps=c.steps, stop=stop,
-                              save_every=stage.save_every, progress=not stage.quiet)
-        if outcome.status != "complete":
-            print(outcome.message, flush=True)
-            return outcome.exit_code
-        n_train = min(len(lines), max(len(held_out), 1))  # as many training lines as held-out ones
-        train_loss = trainer.evaluate(lines[:n_train])
-        held_loss = trainer.evaluate(held_out) if held_out else float("nan")
+    outcome = stage.train(trainer, lines, kind="policy")
+    if outcome.status != "complete":
+        return outcome.exit_code
+    n_train = min(len(lines), max(len(held_out), 1))  # as many training lines as held-out ones
+    train_loss = trainer.evaluate(lines[:n_train])
+    held_loss = trainer.evaluate(held_out) if held_out else float("nan")
     stage.run.save_results("sft", {"train_loss": train_loss, "eval_loss": held_loss, "unigram_entropy": baseline,
                                    "parameters": model.num_parameters(), "steps": trainer.step,
                                    "seconds": stage.run.stage("sft")["seconds"]})
