@@ -97,6 +97,19 @@ _EXPORTS = {
     "GRPOTrainer": "alignment_np.trainers.grpo",
     "RLOOConfig": "alignment_np.trainers.rloo",
     "RLOOTrainer": "alignment_np.trainers.rloo",
+    # preference learning on the tiny GPT: the task, collection, the reward model, evaluation
+    "get_task": "alignment_np.tasks",
+    "collect_preferences": "alignment_np.tasks.collect",
+    "evaluate_policy": "alignment_np.tasks.evaluate",
+    "RewardLMConfig": "alignment_np.trainers.reward_lm",
+    "RewardLMTrainer": "alignment_np.trainers.reward_lm",
+    "orpo_loss": "alignment_np.losses.orpo",
+    "mean_se": "alignment_np.stats",
+    "paired_difference": "alignment_np.stats",
+    "win_rate": "alignment_np.stats",
+    "spearman": "alignment_np.stats",
+    # runs: the folder every command reads and writes
+    "RunFolder": "alignment_np.runs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
