@@ -53,9 +53,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "python -m alignment_np " + " ".join(shlex.quote(a) for a in argv)
     try:
-        from .backend import set_backend
+        from .backend import apply_env_backend, set_backend
 
-        set_backend(args.backend or os.environ.get("ALIGNMENT_NP_BACKEND") or "numpy")
+        if getattr(args, "backend", None):
+            set_backend(args.backend)  # the flag wins over the environment
+        else:
+            apply_env_backend()  # ALIGNMENT_NP_BACKEND, or numpy
         return _module(args.command).run(args)
     except Interrupted as stopped:
         print(f"alignment-np {args.command}: {stopped}; nothing was written", file=sys.stderr)

@@ -269,3 +269,17 @@ def test_the_command_line_uses_one_blas_thread_unless_told_otherwise(given, expe
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == min(expected, os.cpu_count() or 1)
+
+
+def test_a_gpu_asked_for_in_the_environment_without_one_is_a_one_line_error(tmp_path):
+    from alignment_np.backend import has_cupy_gpu
+
+    if has_cupy_gpu():
+        pytest.skip("this machine has a GPU")
+    env = {**os.environ, "ALIGNMENT_NP_BACKEND": "cupy"}
+    done = subprocess.run([sys.executable, "-m", "alignment_np", "sft", "--run", str(tmp_path / "r"), *TINY],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alignment-np sft: error: backend 'cupy'")
+    assert "(requested by ALIGNMENT_NP_BACKEND=cupy)" in lines[0] and "Traceback" not in done.stderr
