@@ -68,7 +68,7 @@ def enumerate_language(nouns, adjectives, verbs, modifiers, templates):
                             for r in ([], ["really"])]
                 for (w1, p1, u1), (w2, p2, u2) in itertools.product(list(adjp1()), clause2):
                     for joiner in ("and", "but", ", but"):
-                        if not (u1 & u2) and (joiner == "and") == (p1 == p2):
+                        if not (u1 & u2):
                             lines.add(" ".join([prompt, *w1, joiner, *w2, end]))
     return lines
 
@@ -130,9 +130,11 @@ def test_every_production_is_used():
     parses = [parse(line) for line in LINES]
     assert {q.joiner for q in parses} == {None, "and", "but", ", but"}
     assert {q.kind for q in parses} == {"positive", "negative", "neutral", "mixed"}
-    assert {q.polarities for q in parses if q.joiner and q.joiner != "and"} == {
-        (1, -1), (-1, 1), (1, 0), (-1, 0), (0, 1), (0, -1)}
-    assert {q.polarities for q in parses if q.joiner == "and"} == {(1, 1), (-1, -1), (0, 0)}
+    every = {(p, q) for p in (1, -1, 0) for q in (1, -1, 0)}
+    assert {q.polarities for q in parses if q.joiner and q.joiner != "and"} == every
+    assert {q.polarities for q in parses if q.joiner == "and"} == every
+    usual = [q.polarities[0] == q.polarities[1] for q in parses if q.joiner == "and"]
+    assert np.mean(usual) > 0.8  # "and" mostly joins clauses of one polarity
     pair_polarities = set()
     for line in LINES:
         tokens = line.split(" ")
@@ -206,8 +208,6 @@ def test_lines_of_the_language_are_accepted(text):
         "the soup was good . ",
         "The soup was good .",  # upper case
         "the soup was GOOD .",
-        "the soup was good but the pasta was fresh .",  # "but" between two positive clauses
-        "the soup was good and the pasta was bad .",  # "and" between opposite ones
         "the soup was good and bad .",  # a pair of opposite adjectives
         "the soup was good and fresh and the pasta was rich .",  # a pair in a two-clause line
         "the soup was not very good .",  # "not" takes a bare adjective

@@ -50,16 +50,26 @@ with these constraints, which the recogniser checks too:
 * one domain per line: every noun and adjective is a film word or a food
   word (or an adjective shared by both): "the soup was funny" is rejected;
 * the second noun differs from the first; no adjective appears twice;
-* a pair of adjectives never has opposite polarities ("good and bad");
-* "and" joins clauses of the same polarity, "but" clauses of different
-  polarity. VADER weighs the clause after "but" 1.5 times and the one before
-  it 0.5 times, so "but" between two positive clauses would be a cheap way
-  to a higher score; here it is ungrammatical.
+* a pair of adjectives never has opposite polarities ("good and bad").
+
+What the grammar does *not* require: that "and" joins clauses of one
+polarity and "but" clauses of opposite ones. The sampler mostly writes them
+so (P_AGREE), but "the soup was good and the pasta was awful" is English, and
+a fluency check that demanded the agreement measured the tiny GPT's grasp of
+logic across two clauses rather than its fluency: a model trained to a loss
+of 0.34 wrote 65% grammatical lines under that rule and 86% without it, the
+difference being almost all agreement errors. The price: VADER weighs the
+clause after "but" 1.5 times and the one before it 0.5 times, so "fine but
+superb" scores above "superb and fine", and a policy that learns to put its
+strongest praise after a "but" is rewarded by the rater without breaking the
+grammar. That is a reward hack the grammar does not catch (the samples in
+the report show it if it happens).
 
 Polarity of a clause: +1, -1 or 0 (a neutral adjective such as "spicy"),
 flipped by "not" ("not bad" is +1). The *intended sentiment* of a line is the
-polarity of its first clause, except after "but", where the second clause
-decides when it is not neutral (the reader takes away what follows "but").
+polarity of its first clause (of the second when the first is neutral),
+except after "but", where the second clause decides when it is not neutral
+(the reader takes away what follows "but").
 Lines whose two clauses have opposite non-zero polarities are "mixed".
 
 Why a hand-written recogniser and not a lookup of generated samples? The
@@ -143,6 +153,7 @@ P_TWO_CLAUSES = 0.55  # a line has two clauses ...
 P_BUT = 0.65  # ... joined by "but" (else "and"); half of the "but"s take a comma
 P_POLARITY = {+1: 0.4, -1: 0.4, 0: 0.2}  # the first clause's polarity
 P_OPPOSITE = 0.8  # after "but", a polar first clause is followed by the opposite polarity (else neutral)
+P_AGREE = 0.85  # the second clause follows its joiner's usual sense (above); else any other polarity
 P_NOT = 0.2  # "not ADJ"
 P_MODIFIER = 0.35  # "very ADJ"
 P_PAIR = 0.3  # "ADJ and ADJ" (one-clause lines only)
@@ -182,8 +193,10 @@ class Parse(NamedTuple):
 
 def line_sentiment(polarities: Sequence[int], joiner: str | None) -> tuple[int, str]:
     """The intended (sentiment, kind) of a line from its clauses' polarities and joiner."""
-    if joiner is None or joiner == "and":
+    if joiner is None:
         sentiment = polarities[0]
+    elif joiner == "and":  # the first clause decides, unless it is neutral
+        sentiment = polarities[0] if polarities[0] != 0 else polarities[1]
     else:  # "but": the second clause decides, unless it is neutral
         sentiment = polarities[1] if polarities[1] != 0 else polarities[0]
     if len(polarities) == 2 and polarities[0] * polarities[1] < 0:
@@ -266,6 +279,8 @@ class ReviewGrammar:
                     p2 = -p1 if rng.random() < P_OPPOSITE else 0
             else:
                 joiner, p2 = "and", p1
+            if rng.random() >= P_AGREE:  # the joiner's unusual sense: any of the other polarities
+                p2 = _pick(rng, [q for q in (1, -1, 0) if q != p2])
             noun2 = _pick(rng, [n for n in self.nouns[domain] if n != noun])
             if p2 != 0 and rng.random() < P_VERB_CLAUSE:
                 really = [VERB_ADVERB] if rng.random() < P_REALLY else []
@@ -351,8 +366,6 @@ class ReviewGrammar:
             if adjp is None or adjp[1] != len(body):
                 return None
             p2 = adjp[0]
-        if (joiner == "and") != (p1 == p2):  # "and" joins equal polarities, "but" different ones
-            return None
         sentiment, kind = line_sentiment((p1, p2), joiner)
         return Parse(domain, (p1, p2), joiner, end, sentiment, kind)
 
