@@ -84,7 +84,9 @@ def test_kl_gradients_match_finite_differences(pair, data):
 def test_gradient_through_log_softmax_drops_the_plus_one(shape, data):
     # KL(softmax(z) || Q) w.r.t. the logits z: chain kl_divergence_backward into
     # log_softmax_backward and compare with finite differences on z.
-    z = data.draw(hnp.arrays(np.float64, shape, elements=LOGITS), label="z")
+    # Logits within [-2, 2]: P is never nearly one-hot, where the whole gradient shrinks to ~1e-5 and
+    # the central difference's rounding (~eps * KL / h) alone is a relative error above 1e-6.
+    z = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-2.0, 2.0)), label="z")
     # Q's logits differ from z by a shift that is NOT constant along a row, so Q != P
     # in every row (at P = Q the gradient is 0 and a relative error means nothing).
     shift = data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-3.0, 3.0)), label="shift")
