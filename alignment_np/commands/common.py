@@ -38,6 +38,10 @@ STAGES = ("sft", "collect", "rm", "dpo", "eval", "ppo", "grpo", "rloo", "bon")
 _RESPONSE = 66
 PRESETS = {
     "default": {
+        # DPO gentler than DPOConfig's defaults (TRL's beta 0.1, lr 1e-3 for a few hundred pairs): on the
+        # sentiment task's 2,000 pairs, beta 0.1 with lr 1e-4 raised the rater's score as much but cut the
+        # grammatical fraction from 0.87 to 0.30 (KL 14 nats); beta 0.5 kept 0.81 at KL 1.2.
+        "dpo": {"beta": 0.5, "lr": 1e-4, "batch_size": 32, "steps": 100},
         "ppo": {"response_length": _RESPONSE},
         "grpo": {"max_completion_length": _RESPONSE},
         "rloo": {"response_length": _RESPONSE},
@@ -83,9 +87,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, resumable: bool = True) -
                         help="also save the checkpoint every N steps (default 0: at the end and on a stop)")
 
 
-def add_stage_config(parser: argparse.ArgumentParser, cls, exclude=()) -> None:
-    """The flags of a stage's config dataclass, in their own help section."""
-    add_config_arguments(parser, cls, exclude=exclude, title=f"{cls.__name__} (also settable in --config)")
+def add_stage_config(parser: argparse.ArgumentParser, cls, exclude=(), section: str | None = None) -> None:
+    """The flags of a stage's config dataclass, in their own help section.
+
+    section: the stage's section of the presets; the default preset's values
+    are the defaults the help shows.
+    """
+    add_config_arguments(parser, cls, exclude=exclude, title=f"{cls.__name__} (also settable in --config)",
+                         defaults=PRESETS["default"].get(section, {}) if section else None)
 
 
 @dataclasses.dataclass

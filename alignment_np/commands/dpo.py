@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     add_run_arguments(parser)
     parser.add_argument("--name", default="dpo",
                         help="the stage's name in the run: its checkpoint is <name>.npz (default %(default)s)")
-    add_stage_config(parser, DPOConfig)
+    add_stage_config(parser, DPOConfig, section="dpo")
 
 
 def run(args) -> int:

@@ -57,7 +57,7 @@ def add_arguments(parser, method: str, stage_cls) -> None:
     add_run_arguments(parser)
     parser.add_argument("--name", default=method,
                         help="the stage's name in the run: its checkpoint is <name>.npz (default %(default)s)")
-    add_stage_config(parser, stage_cls, exclude=("log_every",))
+    add_stage_config(parser, stage_cls, exclude=("log_every",), section=method)
 
 
 def reward_function(folder, task, reward: str):

@@ -103,11 +103,14 @@ def _flag_type(hint):
     return None, False
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude=(), title: str | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude=(), title: str | None = None,
+                         defaults: dict | None = None) -> None:
     """One flag per field of dataclass ``cls`` (except ``exclude``); defaults stay None (= not given).
 
     Fields whose type has no flag form (tuples, dicts) can still be set in a
     config file. ``metadata={"choices": [...]}`` on a field restricts its flag.
+    defaults: values that replace the dataclass's in the help text (a preset
+    the command applies when nothing else is given).
     """
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
@@ -119,6 +122,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, exclude=(), title
         if kind is None and not is_bool:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = (defaults or {}).get(f.name, default)
         doc = docs.get(f.name, "")
         help_text = (doc + " " if doc else "") + f"(default: {default})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
