@@ -43,7 +43,10 @@ PRESETS = {
         # grammatical fraction from 0.87 to 0.30 (KL 14 nats); beta 0.5 kept 0.81 at KL 1.2.
         "dpo": {"beta": 0.5, "lr": 1e-4, "batch_size": 32, "steps": 100},
         "ppo": {"response_length": _RESPONSE},
-        "grpo": {"max_completion_length": _RESPONSE},
+        # GRPO's KL weight above the paper's 0.04: at 0.04 the group-normalised advantages drove the policy to
+        # 11.5 nats and half its completions ungrammatical (gain +0.57); at 0.1, 4.6 nats, 0.76 grammatical
+        # (gain +0.49), on a trial run of 100 iterations.
+        "grpo": {"max_completion_length": _RESPONSE, "beta": 0.1},
         "rloo": {"response_length": _RESPONSE},
     },
     "tiny": {
