@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -351,9 +352,14 @@ def experiment_table(snapshot: dict, name: str) -> str:
     text = snapshot["experiments"].get(name)
     if text is None:
         return _missing(f"the `{name}` experiment", f"python -m alignment_np experiment {name}")
-    # The experiment's own title is the chapter's section heading: keep the tables and the notes only.
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
-    return "\n".join(lines).strip() + "\n"
+    # The experiment's title is the chapter's section heading and its plot is shown by the chapter
+    # (copied into figures/run/): drop both; its sub-headings become bold lines inside the section.
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("# ") or line.startswith("!["):
+            continue
+        lines.append(f"**{line.lstrip('#').strip()}**" if line.startswith("#") else line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
 # ----------------------------------------------------------------------------- main
