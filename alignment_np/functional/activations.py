@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 from ..backend import get_array_module
+from .workspace import empty
 
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_C = 0.044715
@@ -44,14 +45,26 @@ def gelu_forward(x):
     cache = (x, s) where s = (1 + tanh(k (x + c x^3))) / 2 is kept for the backward.
     """
     xp = get_array_module(x)
-    s = x * x  # u = x (k c x^2 + k), built in one buffer
+    s = xp.multiply(x, x, out=empty(x.shape, x.dtype, xp))  # u = x (k c x^2 + k), in one buffer
     s *= GELU_K * GELU_C
     s += GELU_K
     s *= x
     xp.tanh(s, out=s)
     s *= 0.5
     s += 0.5  # s = (1 + tanh u) / 2
-    return x * s, (x, s)
+    return xp.multiply(x, s, out=empty(x.shape, x.dtype, xp)), (x, s)
+
+
+def gelu_recompute(cache):
+    """The forward's output x * s again, from its cache: one pass, a new array.
+
+    For a caller that would rather recompute gelu(x) than keep it (the MLP
+    keeps x and s for this backward anyway; keeping gelu(x) too would cost a
+    third array of the same size for the next layer's weight gradient).
+    """
+    x, s = cache
+    xp = get_array_module(x)
+    return xp.multiply(x, s, out=empty(x.shape, x.dtype, xp))
 
 
 def gelu_backward(dout, cache):
@@ -59,11 +72,11 @@ def gelu_backward(dout, cache):
     xp = get_array_module(dout)
     x, s = cache
     # dx = [ s + 2 k x (1 + 3 c x^2) s (1 - s) ] * dout
-    a = x * x
+    a = xp.multiply(x, x, out=empty(x.shape, x.dtype, xp))
     a *= 6.0 * GELU_K * GELU_C
     a += 2.0 * GELU_K
     a *= x  # 2 k x (1 + 3 c x^2)
-    s_1s = s * s
+    s_1s = xp.multiply(s, s, out=empty(s.shape, s.dtype, xp))
     xp.subtract(s, s_1s, out=s_1s)  # s (1 - s)
     a *= s_1s
     a += s

@@ -88,6 +88,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from .workspace import empty
 
 # Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
 # 1 MiB, a core's L2 cache). Measured on the benchmark configs (T = 64 to 256):
@@ -200,7 +201,7 @@ def _contiguous_heads(x):
     (B, T, H, hd) here: ~2x faster than ``ascontiguousarray`` on the head view.
     """
     xp = get_array_module(x)
-    out = xp.empty(x.shape, dtype=x.dtype)
+    out = empty(x.shape, x.dtype, xp)
     _token_major(out)[...] = _token_major(x)
     return out
 
@@ -209,7 +210,7 @@ def _ones_column(x):
     """A new array [x, 1] (B, H, T, hd + 1) from the head view x (B, H, T, hd)."""
     xp = get_array_module(x)
     b, h, t, hd = x.shape
-    out = xp.empty((b, h, t, hd + 1), dtype=x.dtype)
+    out = empty((b, h, t, hd + 1), x.dtype, xp)
     _token_major(out)[..., :hd] = _token_major(x)  # read x in its memory order
     out[..., hd] = 1
     return out
@@ -219,7 +220,7 @@ def _transposed_ones_row(x, scale: float):
     """A new array scale * [x^T; 1] (B, H, hd + 1, T) from the head view x (B, H, T, hd)."""
     xp = get_array_module(x)
     b, h, t, hd = x.shape
-    out = xp.empty((b, h, hd + 1, t), dtype=x.dtype)
+    out = empty((b, h, hd + 1, t), x.dtype, xp)
     xp.multiply(_contiguous_heads(x).swapaxes(-1, -2), scale, out=out[..., :hd, :])
     out[..., hd, :] = scale
     return out
@@ -251,15 +252,16 @@ def attention_forward(qkv, n_head: int, attention_mask=None, bias=None):
         bias = attention_bias(t, t, attention_mask, qkv.dtype)
     # k^T / sqrt(hd), contiguous (B, H, hd, T): the copy BLAS wants anyway
     # also applies the scale, so S = q (k^T / sqrt(hd)) needs no extra pass
-    k_t = xp.empty((b, n_head, hd, t), dtype=qkv.dtype)
+    k_t = empty((b, n_head, hd, t), qkv.dtype, xp)
     xp.multiply(_contiguous_heads(k).swapaxes(-1, -2), scale, out=k_t)
     v_ones = _ones_column(v)  # (B, H, T, hd + 1) = [v, 1]
-    e_v = xp.empty((b, n_head, t, hd + 1), dtype=qkv.dtype)  # [E v, l] of every query
+    e_v = empty((b, n_head, t, hd + 1), qkv.dtype, xp)  # [E v, l] of every query
     tiles = attention_tiles(b, n_head, t)
     exp_scores = []
     for b0, b1, q0, q1 in tiles:
         rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
-        e = xp.matmul(q[rows, :, queries], k_t[rows, :, :, keys])  # scores S, a new array
+        e = xp.matmul(q[rows, :, queries], k_t[rows, :, :, keys],  # scores S, ours
+                      out=empty((b1 - b0, n_head, q1 - q0, q1), qkv.dtype, xp))
         if bias is None:  # causal only: the keys before q0 are all visible
             e[..., queries] += causal_bias(q1 - q0, q1 - q0, e.dtype, xp)
         elif bias.ndim == 4:  # (B, 1, T, T): a padding mask
@@ -271,7 +273,7 @@ def attention_forward(qkv, n_head: int, attention_mask=None, bias=None):
         _matmul_into(e, v_ones[rows, :, keys], e_v[rows, :, queries])  # [E v, l]
         exp_scores.append(e)
     inv_sums = xp.divide(1.0, e_v[..., hd:])  # r = 1 / l (B, H, T, 1)
-    out = xp.empty((b, t, d), dtype=qkv.dtype)
+    out = empty((b, t, d), qkv.dtype, xp)
     y = _merge_view(out, n_head)  # (B, H, T, hd) view of out
     xp.multiply(_token_major(e_v[..., :hd]), _token_major(inv_sums), out=_token_major(y))  # P v
     cache = {"q": q, "k": k, "v": v, "exp_scores": exp_scores, "inv_sums": inv_sums,
@@ -310,21 +312,22 @@ def attention_backward(dout, cache):
     # g = [r dy, -r D] (B, H, T, hd + 1) against [v^T; 1] / sqrt(hd) (B, H, hd + 1, T):
     # E * (g @ that) = P * (dP - D) / sqrt(hd) = dS / sqrt(hd), the scale that
     # dq = (dS / sqrt(hd)) k and dk = (dS / sqrt(hd))^T q both need
-    g = xp.empty((b, n_head, t, hd + 1), dtype=dout.dtype)
+    g = empty((b, n_head, t, hd + 1), dout.dtype, xp)
     r_dy = g[..., :hd]
     xp.multiply(_token_major(_merge_view(dout, n_head)), _token_major(inv_sums),
                 out=_token_major(r_dy))
     xp.multiply(rowsum, inv_sums, out=g[..., hd:])
     xp.negative(g[..., hd:], out=g[..., hd:])
     v_t_ones = _transposed_ones_row(v, scale)  # (B, H, hd + 1, T)
-    dqkv = xp.empty((b, t, 3 * d), dtype=dout.dtype)
+    dqkv = empty((b, t, 3 * d), dout.dtype, xp)
     dq, dk, dv = _split_heads(dqkv, n_head)  # views we write into
     # The last query block of a group of rows sees every key: visiting the
     # tiles backwards writes dk and dv for all T keys first; the earlier
     # blocks then add into the keys they see.
     for (b0, b1, q0, q1), e in zip(reversed(cache["tiles"]), reversed(cache["exp_scores"])):
         rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
-        ds = xp.matmul(g[rows, :, queries], v_t_ones[rows, :, :, keys])  # r (dP - D) / sqrt(hd)
+        ds = xp.matmul(g[rows, :, queries], v_t_ones[rows, :, :, keys],  # r (dP - D) / sqrt(hd)
+                       out=empty(e.shape, dout.dtype, xp))
         ds *= e  # dS / sqrt(hd)
         _matmul_into(ds, k[rows, :, keys], dq[rows, :, queries])  # dq = dS k / sqrt(hd)
         e_t, ds_t = e.swapaxes(-1, -2), ds.swapaxes(-1, -2)
@@ -332,8 +335,9 @@ def attention_backward(dout, cache):
             _matmul_into(e_t, r_dy[rows, :, queries], dv[rows])  # dv = P^T dy
             _matmul_into(ds_t, q[rows, :, queries], dk[rows])  # dk = dS^T q / sqrt(hd)
         else:  # keys [0, q1) already hold the later blocks' share: add
-            dv[rows, :, keys] += xp.matmul(e_t, r_dy[rows, :, queries])
-            dk[rows, :, keys] += xp.matmul(ds_t, q[rows, :, queries])
+            part = empty((b1 - b0, n_head, q1, hd), dout.dtype, xp)
+            dv[rows, :, keys] += xp.matmul(e_t, r_dy[rows, :, queries], out=part)
+            dk[rows, :, keys] += xp.matmul(ds_t, q[rows, :, queries], out=part)
     return dqkv
 
 

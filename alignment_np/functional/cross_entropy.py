@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from .workspace import empty
 
 
 def cross_entropy_forward(logits, targets, mask=None):
@@ -47,7 +48,7 @@ def cross_entropy_forward(logits, targets, mask=None):
     y = xp.where(weights > 0, xp.asarray(targets).reshape(-1), 0).astype(np.int64)
     # max-shifted log-softmax, log p_i = (z_i - m) - log(sum exp(z - m)), in that
     # order: m + log(s) first would round to float32's spacing at |z| = 1e4 (~1e-3)
-    shifted = z - z.max(axis=-1, keepdims=True)  # (N, V), every entry <= 0
+    shifted = xp.subtract(z, z.max(axis=-1, keepdims=True), out=empty(z.shape, z.dtype, xp))  # <= 0
     picked = shifted[xp.arange(n), y]  # (N,) z_y - m, copied before the exp below
     probs = xp.exp(shifted, out=shifted)  # in [0, 1], the largest exactly 1
     sums = probs.sum(axis=-1, keepdims=True)  # (N, 1) in [1, V]
@@ -67,7 +68,7 @@ def cross_entropy_backward(dout, cache):
     xp = get_array_module(cache[0])  # dout may be a plain float: the cache's arrays decide
     probs, y, weights, shape = cache
     scale = weights * dout  # (N,)
-    dlogits = probs * scale[:, None]  # new array: softmax part
+    dlogits = xp.multiply(probs, scale[:, None], out=empty(probs.shape, probs.dtype, xp))  # softmax part
     dlogits[xp.arange(y.shape[0]), y] -= scale  # minus the one-hot part
     return dlogits.reshape(shape)
 

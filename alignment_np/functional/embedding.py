@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from .workspace import empty
 
 
 def embedding_forward(idx, w):
@@ -30,7 +31,7 @@ def embedding_forward(idx, w):
     Returns out (..., D) and cache = (idx, V).
     """
     xp = get_array_module(w)
-    out = xp.take(w, idx, axis=0)  # a new array; faster than w[idx]
+    out = xp.take(w, idx, axis=0, out=empty((*idx.shape, w.shape[1]), w.dtype, xp))  # faster than w[idx]
     return out, (idx, w.shape[0])
 
 
@@ -44,7 +45,8 @@ def embedding_backward(dout, cache):
     d = dout.shape[-1]
     ids = idx.reshape(-1)
     g = dout.reshape(-1, d)
-    dw = xp.zeros((vocab_size, d), dtype=dout.dtype)
+    dw = empty((vocab_size, d), dout.dtype, xp)
+    dw.fill(0)
     if ids.size == 0:
         return dw
     if xp is np:
@@ -52,7 +54,8 @@ def embedding_backward(dout, cache):
         sorted_ids = ids[order]
         # the first position of each run of equal ids
         starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-        dw[sorted_ids[starts]] = np.add.reduceat(g[order], starts, axis=0)
+        rows = np.take(g, order, axis=0, out=empty(g.shape, g.dtype, xp))  # g sorted by id
+        dw[sorted_ids[starts]] = np.add.reduceat(rows, starts, axis=0)
     else:  # CuPy has no reduceat; its scatter_add runs as atomic adds on the GPU
         import cupyx
 

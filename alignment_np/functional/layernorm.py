@@ -25,13 +25,15 @@ a few hundred numbers. ``mean(g)`` and ``mean(g * xhat)`` are the row sums of
 ``dout * gamma`` and ``(dout * xhat) * gamma``, i.e. ``dout @ gamma`` and
 ``(dout * xhat) @ gamma``, and ``dout * xhat`` is needed anyway for
 ``dgamma``. The (N, D) passes left: five in forward, six in backward, each on
-an array this kernel allocated (``out=`` and in-place operators).
+an array this kernel allocated (``out=`` and in-place operators) from
+``workspace.empty``, which reuses the previous step's memory.
 """
 
 from __future__ import annotations
 
 from ..backend import get_array_module
 from .linear import rowwise
+from .workspace import empty
 
 LAYERNORM_EPS = 1e-5
 
@@ -45,10 +47,11 @@ def layernorm_forward(x, gamma, beta, eps: float = LAYERNORM_EPS):
     xp = get_array_module(x)
     d = gamma.shape[0]
     x2 = x.reshape(-1, d)  # (N, D), N = B*T: a view when x is contiguous
+    n = x2.shape[0]
     inv_d = xp.full(d, 1.0 / d, dtype=x.dtype)
     mu = xp.matmul(x2, inv_d)  # (N,) row means, on BLAS
-    xhat = x2 - mu[:, None]  # new array: normalised in place below
-    out = xp.multiply(xhat, xhat)  # (x - mu)^2; the buffer becomes ``out`` below
+    xhat = xp.subtract(x2, mu[:, None], out=empty((n, d), x.dtype, xp))  # normalised in place below
+    out = xp.multiply(xhat, xhat, out=empty((n, d), x.dtype, xp))  # (x - mu)^2, then ``out``
     var = xp.matmul(out, inv_d)  # (N,) biased variance
     var += eps
     rstd = xp.sqrt(var, out=var)
@@ -72,15 +75,16 @@ def layernorm_backward(dout, cache):
     d = gamma.shape[0]
     dout2 = dout.reshape(-1, d)  # (N, D), N = B*T
     xhat2 = xhat.reshape(-1, d)
-    ones = xp.ones(dout2.shape[0], dtype=dout.dtype)
-    dout_xhat = dout2 * xhat2  # (N, D)
+    n = dout2.shape[0]
+    ones = xp.ones(n, dtype=dout.dtype)
+    dout_xhat = xp.multiply(dout2, xhat2, out=empty((n, d), dout.dtype, xp))  # (N, D)
     dgamma = xp.matmul(ones, dout_xhat)  # column sums, on BLAS
     dbeta = xp.matmul(ones, dout2)
     mean_g = xp.matmul(dout2, gamma)  # (N,)  = sum(g) per row
     mean_g /= d
     mean_gx = xp.matmul(dout_xhat, gamma)  # (N,) = sum(g * xhat) per row
     mean_gx /= d
-    dx = rowwise(xp.multiply, dout2, gamma, xp.empty_like(dout2))  # g = dout * gamma, a new array
+    dx = rowwise(xp.multiply, dout2, gamma, empty((n, d), dout.dtype, xp))  # g = dout * gamma, ours
     dx -= mean_g[:, None]
     tmp = xp.multiply(xhat2, mean_gx[:, None], out=dout_xhat)  # reuse our buffer
     dx -= tmp

@@ -16,11 +16,18 @@ The transposes are free: BLAS reads a transposed operand in place, NumPy never
 copies for ``X.T @ G``. The bias gradient's column sums are a product too,
 ``ones @ G``: BLAS runs it on every core, NumPy's ``G.sum(axis=0)`` on one
 (measured 2x faster on (2048, 1024)).
+
+Memory: the output and every gradient come from ``workspace.empty``, so a
+training step that runs the same shapes again reuses the same memory instead
+of asking the operating system for it (see ``functional/workspace.py``), and
+each product is written straight into it (``matmul(..., out=)``): no
+temporary.
 """
 
 from __future__ import annotations
 
 from ..backend import get_array_module
+from .workspace import empty
 
 _ROWWISE_WIDTH = 8192  # numbers per inner loop in ``rowwise``
 _ROWWISE_MIN_SIZE = 1 << 16  # below this many numbers, the plain broadcast is as fast
@@ -57,7 +64,8 @@ def linear_forward(x, w, b=None):
     xp = get_array_module(x)
     d_in, d_out = w.shape
     x2 = x.reshape(-1, d_in)  # a view when x is contiguous: no copy
-    out = xp.matmul(x2, w)  # (B*T, Dout), a new array: safe to add into
+    out = empty((x2.shape[0], d_out), xp.result_type(x2, w), xp)  # (B*T, Dout): ours to add into
+    xp.matmul(x2, w, out=out)
     if b is not None:
         rowwise(xp.add, out, b, out)  # out += b
     return out.reshape(*x.shape[:-1], d_out), (x, w, b is not None)
@@ -73,7 +81,8 @@ def linear_backward(dout, cache):
     x, w, has_bias = cache
     d_in, d_out = w.shape
     g = dout.reshape(-1, d_out)  # (B*T, Dout)
-    dx = xp.matmul(g, w.T).reshape(x.shape)
-    dw = xp.matmul(x.reshape(-1, d_in).T, g)
+    x2 = x.reshape(-1, d_in)
+    dx = xp.matmul(g, w.T, out=empty((g.shape[0], d_in), xp.result_type(g, w), xp))
+    dw = xp.matmul(x2.T, g, out=empty((d_in, d_out), xp.result_type(x2, g), xp))
     db = xp.matmul(xp.ones(g.shape[0], dtype=g.dtype), g) if has_bias else None  # sum_rows(G)
-    return dx, dw, db
+    return dx.reshape(x.shape), dw, db

@@ -33,6 +33,7 @@ import numpy as np
 from ..backend import as_array_of, get_array_module
 from ..functional.attention import attention_bias, empty_kv_cache
 from ..functional.embedding import embedding_backward, embedding_forward
+from ..functional.workspace import empty
 from .layers import (
     Block,
     LayerNorm,
@@ -185,7 +186,9 @@ class TinyGPT(Module):
         h, trunk_cache = self.trunk_forward(idx, mask)
         outputs, cache = {}, {"trunk": trunk_cache, "h": h, "heads": heads}
         if "logits" in heads:  # tied head: logits = h @ wte.T, one (B*T, D) x (D, V) GEMM
-            outputs["logits"] = xp.matmul(h.reshape(-1, d), self.wte.data.T).reshape(b, t, -1)
+            v = self.config.vocab_size
+            logits = xp.matmul(h.reshape(-1, d), self.wte.data.T, out=empty((b * t, v), h.dtype, xp))
+            outputs["logits"] = logits.reshape(b, t, v)
         if "values" in heads:
             values, cache["values"] = self.value_head.forward(h)
             outputs["values"] = values.reshape(b, t)
@@ -210,8 +213,11 @@ class TinyGPT(Module):
         dh = None
         if "logits" in grads:
             dlogits = grads["logits"].reshape(-1, self.config.vocab_size)  # (B*T, V)
-            self.wte.grad += xp.matmul(dlogits.T, h.reshape(-1, d))  # the head's share of wte
-            dh = xp.matmul(dlogits, self.wte.data).reshape(b, t, d)
+            h2 = h.reshape(-1, d)
+            share = empty(self.wte.grad.shape, self.wte.grad.dtype, xp)
+            self.wte.grad += xp.matmul(dlogits.T, h2, out=share)  # the head's share of wte
+            dh = empty(h2.shape, xp.result_type(dlogits, self.wte.data), xp)
+            dh = xp.matmul(dlogits, self.wte.data, out=dh).reshape(b, t, d)
         if "values" in grads:
             dh_v = self.value_head.backward(grads["values"].reshape(b, t, 1), cache["values"])
             dh = dh_v if dh is None else xp.add(dh, dh_v, out=dh)
