@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module, xp_active
-from ..functional.activations import gelu_backward, gelu_forward
+from ..functional.activations import gelu_backward, gelu_forward, gelu_recompute
 from ..functional.attention import attention_backward, attention_forward, attention_forward_kv
 from ..functional.embedding import embedding_backward, embedding_forward
 from ..functional.layernorm import LAYERNORM_EPS, layernorm_backward, layernorm_forward
@@ -244,6 +244,13 @@ class MLP(Module):
 
     x (..., D) -> (..., D). Submodules: fc Linear(D, 4D), act GELU,
     proj Linear(4D, D) with std ``proj_std``.
+
+    Recompute rather than keep: ``proj``'s weight gradient needs its input
+    gelu(h) (h = fc(x)), and GELU's own backward keeps h and s (``gelu_forward``),
+    from which gelu(h) = h * s is one cheap pass. So the cache keeps h and s
+    but not gelu(h): a third of the MLP's activations (each 4D wide, the
+    widest arrays of a block) are not held from forward to backward, and
+    backward recomputes them (``gelu_recompute``) just before they are needed.
     """
 
     def __init__(self, d_model: int, *, std: float = 0.02, proj_std: float | None = None,
@@ -258,12 +265,14 @@ class MLP(Module):
     def forward(self, x):
         hidden, fc_cache = self.fc.forward(x)
         act, act_cache = self.act.forward(hidden)
-        out, proj_cache = self.proj.forward(act)
-        return out, (fc_cache, act_cache, proj_cache)
+        out, (_, w, has_bias) = self.proj.forward(act)  # drop act: backward recomputes it
+        return out, (fc_cache, act_cache, (w, has_bias))
 
     def backward(self, dout, cache):
-        fc_cache, act_cache, proj_cache = cache
-        dact = self.proj.backward(dout, proj_cache)
+        fc_cache, act_cache, (w, has_bias) = cache
+        act = gelu_recompute(act_cache)  # the proj layer's input, as the forward computed it
+        dact = self.proj.backward(dout, (act, w, has_bias))
+        del act  # free it before the GELU's backward allocates its own arrays
         dhidden = self.act.backward(dact, act_cache)
         return self.fc.backward(dhidden, fc_cache)
 
