@@ -4,6 +4,27 @@ Every optimiser reads ``Parameter.grad`` and updates ``Parameter.data`` in
 place; ``zero_grad()`` clears the gradients for the next step. State (momentum,
 Adam's moments, the step count) is plain arrays reachable through
 ``state_dict()`` so that a checkpoint can save it and training resumes exactly.
+
+Multi-tensor steps. A GPT has dozens of parameter arrays; updating them one
+by one costs a dozen NumPy calls per array per step, a fixed cost that
+dominates a small model's optimiser step. So an optimiser lays its
+parameters out in ONE contiguous buffer (``FlatParameters``): each
+``Parameter.data`` and ``Parameter.grad`` becomes a view into a flat
+``data`` and a flat ``grad`` array (still the same shape, still usable as
+before), the optimiser's own state (Adam's m and v) is flat too, and a step
+is a handful of whole-array operations, whatever the number of parameters.
+The decayed parameters come first in the buffer, so weight decay is one
+operation on a prefix. Whole-array operations over millions of numbers are
+bound by memory bandwidth, so the step runs them chunk by chunk
+(``CHUNK`` numbers at a time, a few hundred KiB per array): each chunk stays
+in the CPU cache through all the operations of the update. The numbers are
+exactly those of the per-parameter loop: the same operations in the same
+order on every element.
+
+If someone replaces a parameter's array (``p.data = ...``, ``Module.to``,
+a second optimiser over the same parameters), the optimiser notices at its
+next step and lays the parameters out again, copying their current values:
+the flat buffer is a layout, never a second copy of the truth.
 """
 
 from __future__ import annotations
@@ -14,7 +35,10 @@ from typing import Iterable
 import numpy as np
 
 from .backend import get_array_module, to_numpy
+from .checks import check_bool, check_float, check_int
 from .nn.module import Parameter
+
+CHUNK = 1 << 15  # numbers per chunk of an optimiser step: 128 KiB of float32 per array
 
 
 def _unique(params: Iterable[Parameter]) -> list[Parameter]:
@@ -33,26 +57,128 @@ def _unique(params: Iterable[Parameter]) -> list[Parameter]:
 
 
 def _check_lr(lr) -> float:
-    if not isinstance(lr, (int, float)) or not lr >= 0 or math.isinf(lr):
-        raise ValueError(f"lr: expected a finite number >= 0, got {lr!r}")
-    return float(lr)
+    return check_float("lr", lr, 0.0)
+
+
+class FlatParameters:
+    """Parameters laid out in one contiguous ``data`` buffer and one ``grad`` buffer.
+
+    params: unique Parameters of one array module and dtype, in the order
+    they should take in the buffers. After construction ``p.data`` and
+    ``p.grad`` are views of ``self.data`` and ``self.grad`` (values copied
+    in), so code that reads or writes them in place works as before.
+    ``slices[i]`` is parameter i's range in the flat buffers.
+    ``intact()`` says whether every parameter still uses its views.
+    """
+
+    def __init__(self, params: list[Parameter]):
+        self.params = params
+        xp = get_array_module(params[0].data)
+        dtype = params[0].data.dtype
+        sizes = [int(p.data.size) for p in params]
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(int)
+        self.size = int(offsets[-1])
+        self.data = xp.empty(self.size, dtype=dtype)
+        self.grad = xp.empty(self.size, dtype=dtype)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        self._views = []
+        for p, sl in zip(params, self.slices):
+            data = self.data[sl].reshape(p.data.shape)
+            grad = self.grad[sl].reshape(p.data.shape)
+            data[...] = p.data
+            grad[...] = p.grad
+            p.data, p.grad = data, grad
+            self._views.append((data, grad))
+
+    @staticmethod
+    def can_hold(params: list[Parameter]) -> bool:
+        """True when the parameters share one array module and one floating dtype."""
+        first = params[0].data
+        xp = get_array_module(first)
+        return first.dtype.kind == "f" and all(
+            get_array_module(p.data) is xp and p.data.dtype == first.dtype
+            and get_array_module(p.grad) is xp and p.grad.dtype == first.dtype
+            for p in params
+        )
+
+    def intact(self) -> bool:
+        return all(p.data is d and p.grad is g for p, (d, g) in zip(self.params, self._views))
 
 
 class Optimizer:
-    """Shared plumbing: the parameter list, ``zero_grad`` and state (de)serialisation."""
+    """Shared plumbing: the parameter list, ``zero_grad`` and state (de)serialisation.
+
+    A subclass that sets ``self.flat_order`` (the order of the parameters in
+    the flat buffer, a permutation of ``range(len(params))``) gets its
+    parameters laid out by ``_flatten`` and its per-parameter state as views
+    of flat arrays (``_flat_state``).
+    """
 
     def __init__(self, params, lr: float):
         self.params = _unique(params)
         self.lr = _check_lr(lr)
         self.t = 0  # number of steps taken
         self.state: dict[str, list] = {}  # buffer name -> one array per parameter
+        self.flat: FlatParameters | None = None
+        self.flat_state: dict[str, object] = {}  # buffer name -> its flat array
 
     def zero_grad(self) -> None:
+        if self.flat is not None and self.flat.intact():
+            self.flat.grad.fill(0)  # every gradient at once
+            return
         for p in self.params:
             p.zero_grad()
 
+    # ---------------------------------------------------------- flat layout
+
+    def _flatten(self, order: list[int]) -> bool:
+        """Lay the parameters out in one buffer, in ``order``; False if they cannot share one."""
+        params = [self.params[i] for i in order]
+        if not FlatParameters.can_hold(params):
+            self.flat = None
+            return False
+        self.flat = FlatParameters(params)
+        self._order = order
+        return True
+
+    def _flat_state(self, names) -> None:
+        """Zeroed flat state arrays (e.g. Adam's m and v) and their per-parameter views."""
+        xp = get_array_module(self.flat.data)
+        per_param = {name: [None] * len(self.params) for name in names}
+        for name in names:
+            buffer = xp.zeros(self.flat.size, dtype=self.flat.data.dtype)
+            self.flat_state[name] = buffer
+            for i, sl in zip(self._order, self.flat.slices):
+                per_param[name][i] = buffer[sl].reshape(self.params[i].data.shape)
+        self.state = per_param
+
+    def _relayout(self) -> None:
+        """Parameters replaced since the layout: lay them out again, keeping the state's values."""
+        saved = {name: [to_numpy(b).copy() for b in buffers] for name, buffers in self.state.items()}
+        if self._flatten(self._order):
+            self._flat_state(list(saved))
+            for name, buffers in self.state.items():
+                for b, value in zip(buffers, saved[name]):
+                    b[...] = get_array_module(b).asarray(value)
+        else:  # mixed devices or dtypes now: one state array per parameter
+            self.state = {
+                name: [get_array_module(p.data).asarray(v, dtype=p.data.dtype)
+                       for p, v in zip(self.params, values)]
+                for name, values in saved.items()
+            }
+
+    def _flat_ready(self) -> bool:
+        """True when a step can run on the flat buffers (laying them out again if needed)."""
+        if self.flat is None:
+            return False
+        if not self.flat.intact():
+            self._relayout()
+        return self.flat is not None
+
+    # ---------------------------------------------------------- state
+
     def state_dict(self) -> dict:
-        """Flat dict: ``t``, ``lr`` and ``<buffer>/<i>`` NumPy arrays."""
+        """Flat dict: ``t``, ``lr`` and ``<buffer>/<i>`` NumPy arrays (one per parameter)."""
         out = {"t": np.asarray(self.t), "lr": np.asarray(self.lr)}
         for name, buffers in self.state.items():
             for i, b in enumerate(buffers):
@@ -60,6 +186,7 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        self._flat_ready()  # write into the arrays the next step will read
         self.t = int(state["t"])
         self.lr = float(state["lr"])
         for name, buffers in self.state.items():
@@ -75,6 +202,11 @@ class Optimizer:
                 b[...] = get_array_module(b).asarray(value, dtype=b.dtype)
 
 
+def _chunks(start: int, stop: int):
+    """Slices of at most CHUNK numbers covering [start, stop)."""
+    return [slice(i, min(i + CHUNK, stop)) for i in range(start, stop, CHUNK)]
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with (heavy-ball) momentum.
 
@@ -83,10 +215,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = check_float("momentum", momentum, 0.0, 1.0, high_open=True)
+        self.weight_decay = check_float("weight_decay", weight_decay, 0.0)
         self.state = {"velocity": [get_array_module(p.data).zeros_like(p.data) for p in self.params]}
 
     def step(self) -> None:
@@ -112,7 +242,14 @@ class AdamW(Optimizer):
 
     The decay multiplies the weight directly instead of being added to the
     gradient (which Adam would rescale per coordinate): that is the "W".
-    ``no_decay`` names (substrings) exempt biases and LayerNorm gains, as GPT-2 does.
+    ``decay_mask`` (one bool per unique parameter) says which parameters
+    decay; by default the matrices do and the biases and LayerNorm gains do
+    not, as GPT-2 does.
+
+    The parameters live in one flat buffer, decayed ones first (see the
+    module docstring), and a step is whole-array operations on it, chunk by
+    chunk; ``state["m"][i]`` and ``state["v"][i]`` are views of the flat
+    moments, one per parameter, as ``state_dict`` saves them.
     """
 
     def __init__(
@@ -125,27 +262,34 @@ class AdamW(Optimizer):
         decay_mask: list[bool] | None = None,
     ):
         super().__init__(params, lr)
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas: expected two values in [0, 1), got {betas!r}")
-        if not eps > 0:
-            raise ValueError(f"eps: expected > 0, got {eps!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay!r}")
-        self.betas = (float(b1), float(b2))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        try:
+            b1, b2 = (check_float("betas", b, 0.0, 1.0, high_open=True) for b in betas)
+        except ValueError:
+            raise ValueError(f"betas: expected two values in [0, 1), got {betas!r}") from None
+        self.betas = (b1, b2)
+        self.eps = check_float("eps", eps, 0.0, low_open=True)
+        self.weight_decay = check_float("weight_decay", weight_decay, 0.0)
         if decay_mask is None:
             # By default decay only matrices (ndim >= 2), not biases or LayerNorm gains.
             decay_mask = [p.data.ndim >= 2 for p in self.params]
-        if len(decay_mask) != len(self.params):
+        if not isinstance(decay_mask, (list, tuple)) or len(decay_mask) != len(self.params):
             raise ValueError(
-                f"decay_mask: expected {len(self.params)} entries (one per unique parameter), got {len(decay_mask)}"
+                f"decay_mask: expected {len(self.params)} entries (one per unique parameter), "
+                f"got {len(decay_mask) if isinstance(decay_mask, (list, tuple)) else decay_mask!r}"
             )
-        self.decay_mask = list(decay_mask)
-        zeros = [get_array_module(p.data).zeros_like(p.data) for p in self.params]
-        self.state = {"m": zeros, "v": [z.copy() for z in zeros]}
-        self._scratch = [None] * len(self.params)
+        self.decay_mask = [check_bool(f"decay_mask[{i}]", d) for i, d in enumerate(decay_mask)]
+        # Flat layout: the decayed parameters first, so the decay is one prefix of the buffer.
+        order = [i for i, d in enumerate(self.decay_mask) if d] + [i for i, d in enumerate(self.decay_mask) if not d]
+        if self._flatten(order):
+            self._flat_state(["m", "v"])
+            self._n_decay = sum(self.params[i].data.size for i in order if self.decay_mask[i])
+            xp = get_array_module(self.flat.data)
+            self._scratch = xp.empty(min(CHUNK, self.flat.size), dtype=self.flat.data.dtype)
+        else:  # parameters on several devices or of several dtypes: one array per parameter
+            zeros = [get_array_module(p.data).zeros_like(p.data) for p in self.params]
+            self.state = {"m": zeros, "v": [z.copy() for z in zeros]}
 
     def step(self) -> None:
         self.t += 1
@@ -156,46 +300,87 @@ class AdamW(Optimizer):
         c2 = 1.0 - b2**self.t
         step_size = self.lr * math.sqrt(c2) / c1
         eps_hat = self.eps * math.sqrt(c2)
-        for i, (p, m, v, decay) in enumerate(zip(self.params, self.state["m"], self.state["v"], self.decay_mask)):
-            xp = get_array_module(p.data)
-            g = p.grad
-            buf = self._scratch[i]
-            if buf is None:  # one scratch array per parameter, reused every step
-                buf = self._scratch[i] = xp.empty_like(p.data)
-            m *= b1
-            xp.multiply(g, 1.0 - b1, out=buf)
-            m += buf
-            v *= b2
-            xp.multiply(g, g, out=buf)
-            buf *= 1.0 - b2
-            v += buf
-            if decay and self.weight_decay:
-                p.data *= 1.0 - self.lr * self.weight_decay
-            xp.sqrt(v, out=buf)
-            buf += eps_hat
-            xp.divide(m, buf, out=buf)
-            buf *= step_size
-            p.data -= buf
+        decay = 1.0 - self.lr * self.weight_decay if self.weight_decay else None
+        if self._flat_ready():
+            flat = self.flat
+            m, v = self.flat_state["m"], self.flat_state["v"]
+            n_decay = self._n_decay
+            for sl in _chunks(0, n_decay) + _chunks(n_decay, flat.size):
+                _adamw_update(flat.data[sl], flat.grad[sl], m[sl], v[sl], self._scratch[: sl.stop - sl.start],
+                              b1, b2, step_size, eps_hat, decay if sl.start < n_decay else None)
+            return
+        for p, m, v, decays in zip(self.params, self.state["m"], self.state["v"], self.decay_mask):
+            buf = get_array_module(p.data).empty_like(p.data)
+            _adamw_update(p.data, p.grad, m, v, buf, b1, b2, step_size, eps_hat, decay if decays else None)
+
+
+def _adamw_update(w, g, m, v, buf, b1, b2, step_size, eps_hat, decay) -> None:
+    """One AdamW update of the arrays w, m, v (in place) from the gradient g; buf is scratch.
+
+    decay: the factor 1 - lr * weight_decay, or None for no decay.
+    """
+    xp = get_array_module(w)
+    m *= b1
+    xp.multiply(g, 1.0 - b1, out=buf)
+    m += buf  # m = b1 m + (1 - b1) g
+    v *= b2
+    xp.multiply(g, g, out=buf)
+    buf *= 1.0 - b2
+    v += buf  # v = b2 v + (1 - b2) g^2
+    if decay is not None:
+        w *= decay
+    xp.sqrt(v, out=buf)
+    buf += eps_hat
+    xp.divide(m, buf, out=buf)
+    buf *= step_size
+    w -= buf
+
+
+def _covering_buffer(params: list[Parameter]):
+    """The flat gradient buffer the params' gradients exactly tile (an optimiser's), or None.
+
+    With it, the global norm is one dot product and the clipping one scaling,
+    instead of one of each per parameter.
+    """
+    base = params[0].grad.base
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    start, item = base.__array_interface__["data"][0], base.itemsize
+    spans = []
+    for p in params:
+        g = p.grad
+        if g.base is not base or not g.flags.c_contiguous:
+            return None
+        spans.append(((g.__array_interface__["data"][0] - start) // item, g.size))
+    spans.sort()
+    end = 0
+    for offset, size in spans:
+        if offset != end:
+            return None
+        end += size
+    return base if end == base.size else None
 
 
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most ``max_norm``.
 
     Returns the norm before clipping (useful to log). A tied weight counts once.
+    ``max_norm`` may be ``math.inf``: the norm is measured, nothing is scaled.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm: expected > 0, got {max_norm!r}")
+    if not (isinstance(max_norm, (int, float, np.floating, np.integer)) and not isinstance(max_norm, bool)
+            and max_norm > 0):  # NaN fails "> 0"
+        raise ValueError(f"max_norm: expected a number > 0 (math.inf: measure only), got {max_norm!r}")
     params = _unique(params)
+    flat = _covering_buffer(params) if get_array_module(params[0].grad) is np else None
+    grads = [flat] if flat is not None else [p.grad.reshape(-1) for p in params]
     total = 0.0
-    for p in params:
-        xp = get_array_module(p.grad)
-        g = p.grad.reshape(-1)
-        total += float(xp.dot(g, g))
+    for g in grads:
+        total += float(get_array_module(g).dot(g, g))
     norm = math.sqrt(total)
     if norm > max_norm:
         scale = max_norm / norm
-        for p in params:
-            p.grad *= scale
+        for g in grads:
+            g *= scale
     return norm
 
 
@@ -204,6 +389,11 @@ def cosine_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: in
 
     ``step`` counts from 0. After ``total_steps`` the rate stays at ``min_lr``.
     """
+    step = check_int("step", step, low=0)
+    max_lr = check_float("max_lr", max_lr, 0.0)
+    min_lr = check_float("min_lr", min_lr, 0.0)
+    warmup_steps = check_int("warmup_steps", warmup_steps)
+    total_steps = check_int("total_steps", total_steps)
     if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
         raise ValueError(
             f"expected 0 <= warmup_steps <= total_steps and total_steps > 0, got "
