@@ -1,90 +1,78 @@
 #!/usr/bin/env python
-"""TinyGPT in NumPy against the same model in PyTorch (CPU, eager), side by side.
+"""TinyGPT in NumPy against the same model in PyTorch (CPU, eager), each side in a fresh process.
 
     python benchmarks/bench_gpt.py                          # tiny, small, medium; 5 repeats
-    python benchmarks/bench_gpt.py --configs tiny --quick   # a smoke run (~1 s)
+    python benchmarks/bench_gpt.py --configs tiny --quick   # a smoke run (a few seconds)
 
-For each config it builds the model once in NumPy (``alignment_np``) and once
-in PyTorch (``benchmarks/torch_gpt.py``, the same weights), checks that both
-compute the same logits, and measures in one run, alternating the two sides
-and taking medians over ``--repeats``:
+Measured the way a learner runs it. Each side runs in a worker process of
+its own, started fresh for each config:
+
+* ``numpy``: the package driven through its public API exactly as the course
+  does (``TinyGPT``, ``AdamW``, ``cross_entropy_*``, ``DPOLMTrainer``,
+  ``generate``), in a process that sets no environment variable and calls
+  no allocator function: the library's default path;
+* ``numpy-best``: the same, plus whatever a user could still do from outside
+  to make it faster: ``backend.keep_freed_memory()`` (glibc keeps freed
+  memory) and, on an Intel AVX-512 CPU where OpenBLAS picks AVX2 kernels,
+  ``OPENBLAS_CORETYPE=SkylakeX`` (``bench_machine.recommended_coretype``).
+  If the two NumPy columns agree, the default path is the best path;
+* ``torch``: the same model in PyTorch (``benchmarks/torch_gpt.py``, the
+  NumPy model's weights copied in), eager mode, ``F.scaled_dot_product_attention``,
+  ``torch.optim.AdamW(fused=True)``, as many threads as NumPy's BLAS.
+
+The driver checks that the sides compute the same logits, then asks the
+workers in turn (alternating which goes first) to time each workload, and
+reports medians and spreads over ``--repeats``:
 
 * train step (forward, cross-entropy, backward, AdamW), float32, tokens/s;
 * DPO step (ONE forward and ONE backward over the concatenated chosen and
   rejected rows, reference log-probs precomputed once, grad clip, AdamW):
   B rows of T tokens = B/2 pairs, the same tokens as a train step, tokens/s;
 * generation with the KV cache (greedy, prompt T/2, T/2 new tokens), new tokens/s;
-* peak memory, each side in a subprocess of its own (see ``memory_probe``);
+* memory, each side in yet another fresh process (``memory_probe``): the
+  resident memory a train step (then a DPO step, then generation) adds
+  above the built models;
 * the float32 matmul throughput of the machine and the train step's model
   FLOPs / time as a fraction of it.
 
-Both sides run in this one process, with the same number of threads
-(``torch.set_num_threads`` = OpenBLAS's threads) and the same allocator
-setting (``--malloc keep`` by default: see ``keep_freed_memory``). The torch
-side is skipped when torch is not installed.
+Ratios are NumPy / PyTorch throughput: above 1 means NumPy is faster.
 
 Timings are distorted by anything else running on the machine. Each
 measurement is preceded by a short pause (``--settle``: the other side's
 spinning worker threads go idle) and repeated (``--retries``) while other
 processes used more than ``--max-noise`` of the CPUs (read from /proc/stat);
-the report says how much the machine was disturbed, and docs/performance.md
-keeps a table taken when it was quiet.
+the report says how much the machine was disturbed.
 """
 
-# -- OpenBLAS core type: must be decided BEFORE numpy (and its OpenBLAS) is loaded --
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_machine, torch_gpt
 
-from bench_machine import choose_openblas_coretype  # noqa: E402  (imports no numpy)
-
-CORETYPE_NOTE = choose_openblas_coretype()
-
-import argparse  # noqa: E402  (after the environment is set)
+import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(1, str(HERE.parent))  # the repository: alignment_np without installing it
-
-from alignment_np.data.tokenizer import CharTokenizer  # noqa: E402
-from alignment_np.functional.cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
-from alignment_np.nn.gpt import GPTConfig, TinyGPT  # noqa: E402
-from alignment_np.optim import AdamW  # noqa: E402
-from alignment_np.rl.generate import generate  # noqa: E402
-from alignment_np.trainers.dpo_lm import DPOConfig, DPOLMTrainer  # noqa: E402
-from bench_machine import (  # noqa: E402
+from bench_machine import (  # noqa: E402  (imports no numpy)
     blas_info,
     cpu_model,
     cpu_snapshot,
-    keep_freed_memory,
     others_fraction,
     others_share,
+    recommended_coretype,
     set_blas_threads,
     status_mib,
 )
 
-torch = None  # imported by main() unless --no-torch (it takes a second or two)
-
-
-def _import_torch() -> bool:
-    """Import torch into this module's globals; False when it is not installed."""
-    global torch
-    try:
-        import torch as _torch
-    except ImportError:  # the NumPy side runs alone
-        return False
-    torch = _torch
-    return True
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 # The issue's configs: V vocab, T sequence length, D width, L layers, H heads, B batch rows.
 CONFIGS = {
@@ -93,33 +81,8 @@ CONFIGS = {
     "medium": dict(V=256, T=256, D=256, L=4, H=8, B=8),
 }
 WORKLOADS = ("train", "dpo", "generate")
+SIDES = ("numpy", "numpy-best", "torch")
 BETA, LR, WEIGHT_DECAY, GRAD_CLIP = 0.1, 1e-4, 0.01, 1.0
-
-
-# ---------------------------------------------------------------- the machine
-
-
-def matmul_gflops(n: int, repeats: int, with_torch: bool = True) -> dict:
-    """float32 (n x n) @ (n x n) throughput, GFLOP/s (median of ``repeats``), per side."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
-    out = np.empty((n, n), dtype=np.float32)
-    flops = 2.0 * n**3
-    result = {"numpy": flops / _median_time(lambda: np.matmul(a, b, out=out), repeats) / 1e9}
-    if with_torch:
-        ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
-        result["torch"] = flops / _median_time(lambda: torch.mm(ta, tb, out=tout), repeats) / 1e9
-    return result
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def train_flops(c: dict) -> float:
@@ -130,11 +93,20 @@ def train_flops(c: dict) -> float:
     return 3.0 * per_token * c["B"] * c["T"]
 
 
+def tokens_per_call(c: dict, workload: str) -> int:
+    if workload == "generate":
+        return c["B"] * (c["T"] - c["T"] // 2)  # new tokens
+    return c["B"] * c["T"]  # train: B rows; DPO: B/2 pairs = B rows
+
+
 # ---------------------------------------------------------------- the work, per side
+# (imported inside the workers only: the driver loads neither NumPy's BLAS nor torch)
 
 
-def random_pairs(c: dict, tokenizer: CharTokenizer, rng) -> list:
+def random_pairs(c: dict, tokenizer, rng) -> list:
     """B/2 preference pairs whose rows are exactly T model inputs: prompt T/4, responses the rest."""
+    import numpy as np
+
     chars = np.array(tokenizer.chars)
     n_prompt = c["T"] // 4
     n_response = c["T"] - 1 - n_prompt  # <bos> + prompt + response = T inputs (<eos> is a target)
@@ -145,9 +117,16 @@ def random_pairs(c: dict, tokenizer: CharTokenizer, rng) -> list:
 
 
 class NumpySide:
+    """The course's code path: public API only."""
+
     name = "numpy"
 
     def __init__(self, c: dict, seed: int = 0):
+        import numpy as np
+
+        from alignment_np import AdamW, CharTokenizer, GPTConfig, TinyGPT
+        from alignment_np.trainers.dpo_lm import DPOConfig, DPOLMTrainer
+
         self.c = c
         config = GPTConfig(vocab_size=c["V"], block_size=c["T"], n_layer=c["L"], n_head=c["H"],
                            d_model=c["D"], dtype="float32")
@@ -172,6 +151,8 @@ class NumpySide:
         return self.model.forward(idx)[0]["logits"]
 
     def train(self):
+        from alignment_np.functional.cross_entropy import cross_entropy_backward, cross_entropy_forward
+
         self.opt.zero_grad()
         outputs, cache = self.model.forward(self.idx)
         _, ce_cache = cross_entropy_forward(outputs["logits"], self.targets)
@@ -182,15 +163,24 @@ class NumpySide:
         self.trainer.train_step(self.dpo_batch)
 
     def generate(self):
+        from alignment_np.rl.generate import generate
+
         return generate(self.model, self.prompt, self.c["T"] - self.prompt.shape[1], temperature=0.0)["new_tokens"]
+
+    def release_models(self):
+        del self.model, self.policy, self.reference, self.trainer, self.opt
 
 
 class TorchSide:
+    """The same work in PyTorch eager mode, on a copy of a NumpySide's weights."""
+
     name = "torch"
 
     def __init__(self, c: dict, numpy_side: NumpySide):
+        import torch
         from torch_gpt import TorchGPT, torch_generate
 
+        self.torch = torch
         self.c, self._generate = c, torch_generate
         self.model = TorchGPT.from_numpy(numpy_side.model)
         self.opt = _torch_adamw(self.model)
@@ -208,21 +198,22 @@ class TorchSide:
         self.prompt = torch.from_numpy(numpy_side.prompt)
 
     def logits(self, idx):
-        with torch.no_grad():
-            return self.model(torch.from_numpy(idx)).numpy()
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(idx)).numpy()
 
     def train(self):
         logits = self.model(self.idx)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, self.c["V"]), self.targets.view(-1))
+        loss = self.torch.nn.functional.cross_entropy(logits.view(-1, self.c["V"]), self.targets.view(-1))
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
     def _logps(self, model, ids):
-        logp = torch.log_softmax(model(ids), dim=-1)
+        logp = self.torch.log_softmax(model(ids), dim=-1)
         return (logp.gather(-1, self.dpo_targets[..., None])[..., 0] * self.dpo_mask).sum(-1)
 
     def dpo(self):
+        torch = self.torch
         logps = self._logps(self.policy, self.dpo_ids)  # (2B',) chosen rows, then rejected
         b = logps.shape[0] // 2
         h = (logps[:b] - self.ref_logps[:b]) - (logps[b:] - self.ref_logps[b:])
@@ -238,6 +229,8 @@ class TorchSide:
 
 def _torch_adamw(model):
     """AdamW(fused=True) with weight decay on matrices only, as alignment_np's AdamW."""
+    import torch
+
     params = list(model.parameters())
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
@@ -246,13 +239,7 @@ def _torch_adamw(model):
     return torch.optim.AdamW(groups, lr=LR, fused=True)
 
 
-def tokens_per_call(c: dict, workload: str) -> int:
-    if workload == "generate":
-        return c["B"] * (c["T"] - c["T"] // 2)  # new tokens
-    return c["B"] * c["T"]  # train: B rows; DPO: B/2 pairs = B rows
-
-
-# ---------------------------------------------------------------- timing
+# ---------------------------------------------------------------- timing (in the workers)
 
 
 def time_per_call(fn, min_time: float) -> float:
@@ -266,10 +253,10 @@ def time_per_call(fn, min_time: float) -> float:
             return elapsed / n
 
 
-def clean_time_per_call(fn, min_time: float, max_noise: float, retries: int, stats: dict,
-                        settle: float = 0.2) -> float:
-    """``time_per_call``, measured again (after a pause) while other processes took more
-    than ``max_noise`` of the machine, up to ``retries`` times; then the least disturbed.
+def clean_time_per_call(fn, min_time: float, max_noise: float, retries: int, settle: float) -> tuple:
+    """(seconds per call, noise): ``time_per_call``, measured again (after a pause) while
+    other processes took more than ``max_noise`` of the machine, up to ``retries`` times;
+    the least disturbed measurement is kept, with its noise (the others' share of the CPUs).
 
     Two threads per side on a 2-core machine leave no core free: a process that
     wakes up mid-step stalls whichever BLAS thread it displaces, and the other
@@ -288,83 +275,139 @@ def clean_time_per_call(fn, min_time: float, max_noise: float, retries: int, sta
         if noise <= max_noise:
             break
         time.sleep(0.5 * (attempt + 1))
-    stats["measurements"] += 1
-    stats["noisy"] += best[1] > max_noise
-    stats["worst_kept"] = max(stats["worst_kept"], best[1])
-    return best[0]
+    return best
 
 
-def check_parity(sides, c: dict) -> float:
-    """Max |logits_numpy - logits_torch| on one batch: the two sides must be the same model."""
-    idx = np.random.default_rng(1).integers(0, c["V"], (2, c["T"]))
-    a, b = (s.logits(idx) for s in sides)
-    diff = float(np.abs(a - b).max())
-    scale = float(np.abs(a).max())
-    if not diff <= 1e-4 * max(1.0, scale):
-        raise RuntimeError(f"the NumPy and torch models disagree: max |logits diff| = {diff:.3g}")
-    return diff
+def matmul_gflops(side: str, n: int, repeats: int) -> float:
+    """float32 (n x n) @ (n x n) throughput of this side, GFLOP/s (median of ``repeats``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    out = np.empty((n, n), dtype=np.float32)
+    if side == "torch":
+        import torch
+
+        ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+        fn = lambda: torch.mm(ta, tb, out=tout)  # noqa: E731
+    else:
+        fn = lambda: np.matmul(a, b, out=out)  # noqa: E731
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
 
 
-def bench_config(name: str, c: dict, args) -> dict:
+# ---------------------------------------------------------------- the workers
+
+
+def build_side(side: str, c: dict):
+    """The side's object, in this (worker) process. The torch side copies a NumpySide's
+    weights and then drops the NumPy models, so only its own models stay resident."""
     numpy_side = NumpySide(c)
-    sides = [numpy_side] + ([] if args.no_torch else [TorchSide(c, numpy_side)])
-    parity = check_parity(sides, c) if len(sides) == 2 else None
-    for side in sides:  # warm up: first calls allocate, fault pages in, build caches
-        for w in WORKLOADS:
-            for _ in range(args.warmup):
-                getattr(side, w)()
-    times = {(s.name, w): [] for s in sides for w in WORKLOADS}
-    for r in range(args.repeats):
-        for w in WORKLOADS:
-            # alternate which side goes first, so a burst of load hits both alike
-            for side in sides if r % 2 == 0 else sides[::-1]:
-                times[(side.name, w)].append(clean_time_per_call(
-                    getattr(side, w), args.min_time, args.max_noise, args.retries, args.noise_stats,
-                    args.settle))
-    result = {"config": name, **c, "parity_max_abs_diff": parity, "sides": {}}
-    for side in sides:
-        per = {}
-        for w in WORKLOADS:
-            t = statistics.median(times[(side.name, w)])
-            per[w] = {"seconds": t, "tokens_per_s": tokens_per_call(c, w) / t}
-        per["train"]["gflops"] = train_flops(c) / per["train"]["seconds"] / 1e9
-        result["sides"][side.name] = per
-    return result
+    if side != "torch":
+        return numpy_side
+    torch_side = TorchSide(c, numpy_side)
+    numpy_side.release_models()
+    return torch_side
 
 
-# ---------------------------------------------------------------- memory
+def worker_setup(side: str, threads: int) -> dict:
+    """What the worker sets up before building anything; returns what it did, for the report."""
+    info = {"side": side, "allocator": "glibc default", "threads_asked": threads or None}
+    if side == "numpy-best":
+        from alignment_np.backend import keep_freed_memory
+
+        info["allocator"] = "keep_freed_memory()" if keep_freed_memory() else "keep_freed_memory() had no effect"
+    import numpy as np
+
+    if threads:
+        set_blas_threads(threads)
+    blas = blas_info()
+    info.update(numpy=np.__version__, blas_core=blas["corename"], blas_threads=blas["threads"],
+                coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads or blas["threads"])  # the same cores as NumPy's BLAS
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    info["torch_imported"] = "torch" in sys.modules
+    return info
 
 
-def memory_probe(side_name: str, config_name: str) -> dict:
-    """Run in a subprocess of its own: resident memory of one side, per workload.
+def run_worker(args) -> None:
+    """A side's worker: JSON commands on stdin, one JSON reply per line on stdout."""
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # anything the library prints must not corrupt the protocol
+    c = CONFIGS[args.names[0]]
+    info = worker_setup(args.worker, args.threads)
+    if args.memory:
+        print(json.dumps({"info": info, **memory_probe(args.worker, c)}), file=protocol, flush=True)
+        return
+    side = build_side(args.worker, c)
+    print(json.dumps({"ready": True, "info": info}), file=protocol, flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        if cmd["cmd"] == "logits":
+            import numpy as np
 
-    ``baseline_mib`` is VmRSS once the models are built, before any step (the
-    interpreter, the libraries, the weights; NumPy's AdamW moments too, which
-    it allocates at construction while torch's AdamW allocates them at its
-    first step). Then, per workload in turn (train, dpo, generate), the
-    kernel's peak counter VmHWM is reset (``/proc/self/clear_refs``), the
-    workload runs three times, and ``peak_mib`` is VmHWM: everything resident
-    at its worst moment, including what earlier workloads left (the DPO
-    policy's optimiser state, memory the allocator kept). For NumPy,
+            np.save(cmd["path"], side.logits(np.load(cmd["idx"])))
+            reply = {"ok": True}
+        elif cmd["cmd"] == "warmup":
+            for w in WORKLOADS:
+                for _ in range(cmd["n"]):
+                    getattr(side, w)()
+            reply = {"ok": True}
+        elif cmd["cmd"] == "matmul":
+            reply = {"gflops": matmul_gflops(side.name, cmd["n"], cmd["repeats"])}
+        else:  # "time"
+            seconds, noise = clean_time_per_call(getattr(side, cmd["work"]), cmd["min_time"], cmd["max_noise"],
+                                                 cmd["retries"], cmd["settle"])
+            reply = {"seconds": seconds, "noise": noise}
+        print(json.dumps(reply), file=protocol, flush=True)
+
+
+def memory_probe(side: str, c: dict) -> dict:
+    """Resident memory of one side, per workload, in a fresh process of its own.
+
+    ``baseline_mib`` is VmRSS once the models, optimisers and data are built,
+    before any step (the interpreter, the libraries, the weights; NumPy's
+    AdamW moments and gradients too, which it allocates at construction while
+    torch allocates them in its first step). Then, per workload in turn
+    (train, dpo, generate), the kernel's peak counter VmHWM is reset
+    (``/proc/self/clear_refs``), the workload runs three times, and
+    ``peak_mib`` is VmHWM: everything resident at its worst moment, including
+    what earlier workloads left (the DPO policy's optimiser state, memory a
+    pool or the allocator kept); ``added_mib`` is peak - baseline. (NumPy's
+    workspace is cleared before the baseline: the scratch buffers that
+    ``prepare()``'s reference passes left in it belong to the steps.) For NumPy,
     ``traced_mib`` is tracemalloc's peak over one more call (NumPy reports
-    its array buffers to tracemalloc): the bytes of arrays alive at once,
-    whatever the allocator keeps or the OS has not reclaimed.
+    its array buffers to tracemalloc): the bytes NumPy allocated during the
+    call, arrays served from the package's workspace not included.
     """
-    c = CONFIGS[config_name]
-    numpy_side = NumpySide(c)
-    side = numpy_side if side_name == "numpy" else TorchSide(c, numpy_side)
-    if side_name != "numpy":  # only the torch models stay
-        del numpy_side.model, numpy_side.policy, numpy_side.reference, numpy_side.trainer, numpy_side.opt
+    obj = build_side(side, c)
+    if side != "torch":
+        # The reference's forward passes in prepare() left scratch buffers in the package's
+        # workspace: memory a step will use, not part of the built models. (Torch freed its own.)
+        from alignment_np.functional import workspace
+
+        workspace.clear()
     gc.collect()
     out = {"baseline_mib": status_mib("VmRSS")}
     for w in WORKLOADS:
-        fn = getattr(side, w)
+        fn = getattr(obj, w)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         for _ in range(3):
             fn()
-        out[w] = {"peak_mib": status_mib("VmHWM")}
-        if side_name == "numpy":
+        peak = status_mib("VmHWM")
+        out[w] = {"peak_mib": peak, "added_mib": peak - out["baseline_mib"]}
+        if side != "torch":
             tracemalloc.start()
             fn()
             out[w]["traced_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -372,48 +415,160 @@ def memory_probe(side_name: str, config_name: str) -> dict:
     return out
 
 
-def run_memory_probes(config_name: str, sides: list[str], args) -> dict:
-    result = {}
-    for side in sides:
-        # glibc's default thresholds here: kept-for-reuse memory would inflate "base"
-        # (the peak is the same either way: the worst moment is resident regardless)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--configs", config_name,
-               "--malloc", "default"]
+# ---------------------------------------------------------------- the driver
+
+
+class Worker:
+    """A side's worker process, driven over its stdin/stdout."""
+
+    def __init__(self, side: str, config: str, args, memory: bool = False):
+        self.side = side
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--configs", config]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            result[side] = {"error": proc.stderr.strip().splitlines()[-1:]}
-            continue
-        result[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        if memory:
+            cmd.append("--memory")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=worker_env(side, args.coretype), cwd=REPO)
+        self.hello = self._read()
+        self.info = self.hello.get("info", {})
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            raise RuntimeError(f"the {self.side} worker died: {' | '.join(err[-3:])}")
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+            self.proc.wait(timeout=60)
+
+
+def worker_env(side: str, coretype) -> dict:
+    """The worker's environment: the caller's, unchanged, except the best path's core type."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if side == "numpy-best" and coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    return env
+
+
+def check_parity(workers: list, c: dict) -> float:
+    """Max |logits| difference between the sides on one batch: they must be the same model."""
+    import numpy as np
+
+    idx = np.random.default_rng(1).integers(0, c["V"], (2, c["T"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "idx.npy", idx)
+        logits = []
+        for k, w in enumerate(workers):
+            path = str(Path(tmp) / f"logits{k}.npy")
+            w.ask(cmd="logits", idx=str(Path(tmp) / "idx.npy"), path=path)
+            logits.append(np.load(path))
+    diff = max(float(np.abs(a - logits[0]).max()) for a in logits[1:]) if len(logits) > 1 else 0.0
+    scale = float(np.abs(logits[0]).max())
+    if not diff <= 1e-4 * max(1.0, scale):
+        raise RuntimeError(f"the sides' models disagree: max |logits diff| = {diff:.3g}")
+    return diff
+
+
+def bench_config(name: str, args) -> dict:
+    c = CONFIGS[name]
+    workers = [Worker(side, name, args) for side in args.sides]
+    try:
+        parity = check_parity(workers, c) if len(workers) > 1 else None
+        for w in workers:  # warm up: first calls allocate, fault pages in, build caches
+            w.ask(cmd="warmup", n=args.warmup)
+        times = {(w.side, work): [] for w in workers for work in WORKLOADS}
+        for r in range(args.repeats):
+            for work in WORKLOADS:
+                # alternate which side goes first, so a burst of load hits all alike
+                for w in workers if r % 2 == 0 else workers[::-1]:
+                    reply = w.ask(cmd="time", work=work, min_time=args.min_time, max_noise=args.max_noise,
+                                  retries=args.retries, settle=args.settle)
+                    times[(w.side, work)].append(reply["seconds"])
+                    stats = args.noise_stats
+                    stats["measurements"] += 1
+                    stats["noisy"] += reply["noise"] > args.max_noise
+                    stats["worst_kept"] = max(stats["worst_kept"], reply["noise"])
+        result = {"config": name, **c, "parity_max_abs_diff": parity, "sides": {},
+                  "workers": {w.side: w.info for w in workers}}
+        for w in workers:
+            per = {}
+            for work in WORKLOADS:
+                ts = times[(w.side, work)]
+                t = statistics.median(ts)
+                per[work] = {"seconds": t, "tokens_per_s": tokens_per_call(c, work) / t,
+                             "tokens_per_s_range": [tokens_per_call(c, work) / max(ts),
+                                                    tokens_per_call(c, work) / min(ts)]}
+            per["train"]["gflops"] = train_flops(c) / per["train"]["seconds"] / 1e9
+            result["sides"][w.side] = per
+        if name == args.names[0]:  # the machine's matmul ceiling, once, from the first config's workers
+            result["matmul_gflops"] = {w.side: w.ask(cmd="matmul", n=args.matmul_n, repeats=args.matmul_repeats)
+                                       ["gflops"] for w in workers}
+        return result
+    finally:
+        for w in workers:
+            w.close()
+
+
+def run_memory_probes(name: str, args) -> dict:
+    result = {}
+    for side in args.sides:
+        try:
+            w = Worker(side, name, args, memory=True)
+            w.close()
+            result[side] = w.hello
+        except RuntimeError as e:
+            result[side] = {"error": str(e)}
     return result
 
 
 # ---------------------------------------------------------------- report
 
+LABELS = {"numpy": "NumPy", "numpy-best": "NumPy best", "torch": "PyTorch"}
 
-def print_report(header: dict, results: list[dict], memory: dict, peak: dict) -> None:
+
+def print_report(header: dict, results: list, memory: dict, matmul_n: int) -> None:
     print("## Machine")
     for k, v in header.items():
-        if k != "matmul_n":
-            print(f"- {k}: {v}")
-    ceiling = max(peak.values())
-    print(f"- float32 matmul ({header['matmul_n']}^3): "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
-          + f"; ceiling used below: {ceiling:.0f} GFLOP/s")
+        print(f"- {k}: {v}")
+    peak = results[0].get("matmul_gflops", {})
+    ceiling = max(peak.values()) if peak else float("nan")
+    print(f"- float32 matmul ({matmul_n}^3): "
+          + ", ".join(f"{LABELS[k]} {v:.0f} GFLOP/s" for k, v in peak.items()))
     print()
-    has_torch = any("torch" in r["sides"] for r in results)
-    print("## Throughput (median of repeats; numpy/torch > 1 means NumPy is faster)")
+    sides = list(results[0]["sides"])
+    has_torch = "torch" in sides
+    numpy_sides = [s for s in sides if s != "torch"]
+    print("## Throughput (median of repeats, min-max in brackets; NumPy/PyTorch > 1 means NumPy is faster)")
     print()
-    print("| config | work | NumPy | PyTorch | NumPy/PyTorch |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    cols = [LABELS[s] for s in sides] + ([f"{LABELS[s]}/PyTorch" for s in numpy_sides] if has_torch else [])
+    print("| config | work | " + " | ".join(cols) + " |")
+    print("| --- | --- | " + " | ".join("---:" for _ in cols) + " |")
     units = {"train": "train tokens/s", "dpo": "DPO tokens/s", "generate": "generate new tokens/s"}
     for r in results:
         for w in WORKLOADS:
-            n = r["sides"]["numpy"][w]["tokens_per_s"]
-            t = r["sides"].get("torch", {}).get(w, {}).get("tokens_per_s")
-            ratio = f"{n / t:.2f}x" if t else "-"
-            print(f"| {r['config']} | {units[w]} | {n:,.0f} | {f'{t:,.0f}' if t else '-'} | {ratio} |")
+            cells = []
+            for s in sides:
+                m = r["sides"][s][w]
+                lo, hi = m["tokens_per_s_range"]
+                cells.append(f"{m['tokens_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f})")
+            if has_torch:
+                t = r["sides"]["torch"][w]["tokens_per_s"]
+                cells += [f"{r['sides'][s][w]['tokens_per_s'] / t:.2f}x" for s in numpy_sides]
+            print(f"| {r['config']} | {units[w]} | " + " | ".join(cells) + " |")
     print()
     print("## Train step against the matmul ceiling, and DPO step / train step (same tokens)")
     print()
@@ -421,38 +576,41 @@ def print_report(header: dict, results: list[dict], memory: dict, peak: dict) ->
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         for side, per in r["sides"].items():
-            print(f"| {r['config']} | {side} | {train_flops(r) / 1e9:.2f} | {per['train']['gflops']:.1f} | "
+            print(f"| {r['config']} | {LABELS[side]} | {train_flops(r) / 1e9:.2f} | {per['train']['gflops']:.1f} | "
                   f"{100 * per['train']['gflops'] / ceiling:.0f}% | "
                   f"{per['dpo']['seconds'] / per['train']['seconds']:.2f}x |")
     if any(r["parity_max_abs_diff"] is not None for r in results):
         print()
-        print("Parity (max |logits NumPy - logits PyTorch|, same weights): "
+        print("Parity (max |logits difference| between the sides, same weights): "
               + ", ".join(f"{r['config']} {r['parity_max_abs_diff']:.1e}" for r in results))
     if memory:
         print()
-        print("## Peak memory (MiB, resident; each side in a subprocess of its own)")
+        print("## Resident memory added above the built models (MiB; each side in a fresh process)")
         print()
-        print("Base: after building the models, before any step. Peak: the most resident during")
-        print("three calls of the workload. Arrays: NumPy's tracemalloc peak over one call.")
-        print("(glibc's default allocator thresholds in these subprocesses; see memory_probe.)")
+        print("Base: VmRSS after building the models and optimisers, before any step. Added: the most")
+        print("resident during three calls of the workload (VmHWM), minus base. Workloads run in turn.")
         print()
-        sides = ["numpy"] + (["torch"] if has_torch else [])
-        print("| config | work | " + " | ".join(
-            f"{'NumPy' if s == 'numpy' else 'PyTorch'} {col}" for s in sides
-            for col in (("base", "peak", "arrays") if s == "numpy" else ("base", "peak"))) + " |")
-        print("| --- | --- | " + " | ".join("---:" for _ in range(3 + 2 * has_torch)) + " |")
+        msides = [s for s in args_sides(memory)]
+        cols = [f"{LABELS[s]} added" for s in msides] + (
+            [f"{LABELS[s]}/PyTorch" for s in msides if s != "torch"] if "torch" in msides else [])
+        print("| config | work | " + " | ".join(f"{LABELS[s]} base" for s in msides) + " | "
+              + " | ".join(cols) + " |")
+        print("| --- | --- | " + " | ".join("---:" for _ in range(len(msides) + len(cols))) + " |")
         for name, per_side in memory.items():
             for w in WORKLOADS:
-                cells = []
-                for s in sides:
-                    m = per_side.get(s, {})
-                    if w not in m:
-                        cells += ["-"] * (3 if s == "numpy" else 2)
-                        continue
-                    cells += [f"{m['baseline_mib']:.0f}", f"{m[w]['peak_mib']:.0f}"]
-                    if s == "numpy":
-                        cells.append(f"{m[w]['traced_mib']:.0f}")
-                print(f"| {name} | {w} | " + " | ".join(cells) + " |")
+                base = [f"{per_side[s]['baseline_mib']:.0f}" if w in per_side.get(s, {}) else "-" for s in msides]
+                added = [f"{per_side[s][w]['added_mib']:.0f}" if w in per_side.get(s, {}) else "-" for s in msides]
+                ratios = []
+                if "torch" in msides and w in per_side.get("torch", {}):
+                    t = per_side["torch"][w]["added_mib"]
+                    ratios = [f"{per_side[s][w]['added_mib'] / t:.2f}x" if w in per_side.get(s, {}) else "-"
+                              for s in msides if s != "torch"]
+                print(f"| {name} | {w} | " + " | ".join(base + added + ratios) + " |")
+
+
+def args_sides(memory: dict) -> list:
+    first = next(iter(memory.values()))
+    return [s for s in SIDES if s in first and "error" not in first[s]]
 
 
 def parse_args(argv=None):
@@ -461,22 +619,22 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per workload and side (median)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (numbers not meaningful): 1 repeat, 1 call per measurement and no "
-                        "warm-up, a small matmul, no memory probes, 1 thread unless --threads")
+                        "warm-up, a small matmul, no memory probes, no best-path worker, 1 thread unless --threads")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed measurement (>= 1 call)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per workload first")
     p.add_argument("--threads", type=int, default=0,
-                   help="BLAS threads for NumPy and torch.set_num_threads (default: OpenBLAS's own)")
+                   help="BLAS threads for NumPy and torch.set_num_threads (default: OpenBLAS's own, and "
+                        "torch as many)")
     p.add_argument("--max-noise", type=float, default=0.05,
                    help="measure again while other processes use more than this fraction of the CPUs")
     p.add_argument("--retries", type=int, default=4, help="re-measurements allowed per measurement")
     p.add_argument("--settle", type=float, default=0.2, help="seconds of pause before each measurement")
-    p.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                   help="keep: glibc keeps freed memory for the next step (see keep_freed_memory); "
-                        "default: glibc's own thresholds, which return activations to the OS every step")
-    p.add_argument("--no-torch", action="store_true", help="run the NumPy side only")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-best", action="store_true", help="skip the NumPy best-path worker")
+    p.add_argument("--no-torch", action="store_true", help="run the NumPy side(s) only")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--memory-probe", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -484,67 +642,62 @@ def parse_args(argv=None):
         p.error(f"--configs: expected names from {list(CONFIGS)}, got {args.configs!r}")
     if args.repeats < 1:
         p.error(f"--repeats: expected >= 1, got {args.repeats}")
+    if args.threads < 0:
+        p.error(f"--threads: expected >= 0, got {args.threads}")
     args.names = names
     args.noise_stats = {"measurements": 0, "noisy": 0, "worst_kept": 0.0}
+    args.matmul_n, args.matmul_repeats = 2048, 7
     if args.quick:
         args.repeats, args.min_time, args.warmup, args.no_memory, args.retries, args.settle = 1, 0.0, 0, True, 0, 0.0
+        args.no_best = True
+        args.matmul_n, args.matmul_repeats = 256, 1
         # One thread unless asked: a smoke run only checks that everything works, and
         # two BLAS threads on a busy 2-core machine can run 10x slower than one.
         args.threads = args.threads or 1
     return args
 
 
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def main(argv=None) -> dict:
     """Run the benchmark; print the report and return the results as a dict.
 
-    Thread settings changed here are restored on return, so that calling
-    ``main`` from another program (the tests) leaves that program as it was.
+    The driver (this process) changes no setting of its own: the sides run
+    in worker processes (``--worker``), started fresh for each config.
     """
     args = parse_args(argv)
-    if args.memory_probe == "numpy":
-        args.no_torch = True  # torch's libraries must not count in NumPy's resident memory
-    if not args.no_torch and not _import_torch():
-        args.no_torch = True
-    saved_blas = blas_info()["threads"]
-    saved_torch = None if args.no_torch else torch.get_num_threads()
-    try:
-        return _run(args, argv)
-    finally:
-        set_blas_threads(saved_blas)
-        if saved_torch is not None:
-            torch.set_num_threads(saved_torch)
-
-
-def _run(args, argv) -> dict:
-    allocator = keep_freed_memory() if args.malloc == "keep" else "glibc default"
-    if args.threads:
-        set_blas_threads(args.threads)
-    blas = blas_info()
-    if not args.no_torch:
-        torch.set_num_threads(args.threads or blas["threads"])  # the same cores as NumPy's BLAS
-    if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, args.names[0])))
+    if args.worker:
+        run_worker(args)
         return {}
-
+    if not args.no_torch and not _torch_installed():
+        args.no_torch = True
+    args.coretype, coretype_note = recommended_coretype()
+    args.sides = ["numpy"] + ([] if args.no_best else ["numpy-best"]) + ([] if args.no_torch else ["torch"])
     header = {
-        "command": "python " + " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "command": "python " + " ".join(["benchmarks/bench_gpt.py"] + (argv if argv is not None else sys.argv[1:])),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": f"{cpu_model()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores available",
-        "numpy": f"{np.__version__}, OpenBLAS core type {blas['corename']}, {blas['threads']} BLAS threads",
-        "openblas_coretype": CORETYPE_NOTE,
-        "torch": "not installed or --no-torch" if args.no_torch else
-                 f"{torch.__version__}, {torch.get_num_threads()} threads, eager",
         "python": platform.python_version(),
-        "allocator": allocator,
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     start = cpu_snapshot()
-    header["matmul_n"] = 256 if args.quick else 2048
-    peak = matmul_gflops(header["matmul_n"], 1 if args.quick else 7, with_torch=not args.no_torch)
-    results = [bench_config(name, CONFIGS[name], args) for name in args.names]
-    memory = {}
-    if not args.no_memory:
-        sides = ["numpy"] + ([] if args.no_torch else ["torch"])
-        memory = {name: run_memory_probes(name, sides, args) for name in args.names}
+    results = [bench_config(name, args) for name in args.names]
+    workers = results[0]["workers"]
+    info = workers["numpy"]
+    header["numpy"] = (f"{info['numpy']}, OpenBLAS core type {info['blas_core']}, {info['blas_threads']} BLAS threads; "
+                       f"allocator {info['allocator']}; torch imported: {info['torch_imported']}")
+    if "numpy-best" in workers:
+        best = workers["numpy-best"]
+        header["numpy best"] = (f"OpenBLAS core type {best['blas_core']} (OPENBLAS_CORETYPE "
+                                f"{best['coretype_env'] or 'unset'}), allocator {best['allocator']}")
+    header["openblas_coretype"] = coretype_note
+    header["torch"] = ("not installed or --no-torch" if "torch" not in workers else
+                       f"{workers['torch']['torch']}, {workers['torch']['torch_threads']} threads, eager")
+    memory = {} if args.no_memory else {name: run_memory_probes(name, args) for name in args.names}
     header["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     header["CPU used by other processes during the run"] = others_share(start, cpu_snapshot())
     ns = args.noise_stats
@@ -552,8 +705,9 @@ def _run(args, argv) -> dict:
         f"{ns['noisy']} of {ns['measurements']} kept although other processes used more than "
         f"{100 * args.max_noise:.0f}% of the CPUs (worst {100 * ns['worst_kept']:.0f}%) after "
         f"{args.retries} re-measurements")
-    print_report(header, results, memory, peak)
-    out = {"header": header, "matmul_gflops": peak, "results": results, "memory": memory}
+    print_report(header, results, memory, args.matmul_n)
+    out = {"header": header, "matmul_gflops": results[0].get("matmul_gflops", {}), "results": results,
+           "memory": memory}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

@@ -1,8 +1,9 @@
 """The machine under a benchmark: BLAS kernels and threads, the allocator, CPU load.
 
-Nothing here imports NumPy at module level: ``choose_openblas_coretype`` must
-run before OpenBLAS is loaded (it reads ``OPENBLAS_CORETYPE`` once, at the
-first ``import numpy``), so ``bench_gpt.py`` imports this module first.
+Nothing here imports NumPy at module level, so the benchmark's driver can
+decide the environment of each side's worker process before any of them
+loads OpenBLAS (which reads ``OPENBLAS_CORETYPE`` once, at the first
+``import numpy``).
 """
 
 import ctypes
@@ -27,41 +28,42 @@ for name in ('openblas_get_corename', 'scipy_openblas_get_corename64_', 'openbla
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's AVX-512 kernels
 
 
-def choose_openblas_coretype() -> str:
-    """Set OPENBLAS_CORETYPE=SkylakeX on an Intel AVX-512 CPU where OpenBLAS would pick AVX2 kernels.
+def recommended_coretype() -> tuple:
+    """(value, note): the OPENBLAS_CORETYPE that would give this CPU faster kernels, or None.
 
     OpenBLAS reads the variable once, when the library is loaded (at the first
-    ``import numpy``); later changes do nothing. What it picks on its own
-    depends on its version and the CPU (older builds give AMD Zen 4 and some
-    Intel parts Haswell kernels), so a fresh interpreter is asked first: a
-    CPU already on AVX-512 kernels (SkylakeX, or the newer CooperLake and
-    SapphireRapids, which forcing SkylakeX would downgrade) is left alone, and
-    so is an AMD CPU (Zen 4 splits 512-bit work in two; see the measurement
-    below and docs/performance.md). Returns a note for the report.
+    ``import numpy``); later changes do nothing, so only a fresh process can
+    use it: the benchmark's "best path" worker gets it in its environment,
+    the default path never does (a learner's process sets nothing). SkylakeX
+    is recommended on an Intel AVX-512 CPU where OpenBLAS would pick AVX2
+    kernels on its own. What it picks depends on its version and the CPU
+    (older builds give AMD Zen 4 and some Intel parts Haswell kernels), so a
+    fresh interpreter is asked first: a CPU already on AVX-512 kernels
+    (SkylakeX, or the newer CooperLake and SapphireRapids, which forcing
+    SkylakeX would downgrade) needs nothing, and neither does an AMD CPU
+    (Zen 4 splits 512-bit work in two; see docs/performance.md). The note
+    says which case this is, on every machine.
     """
     if "OPENBLAS_CORETYPE" in os.environ:
-        return f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (set by the caller)"
-    if "numpy" in sys.modules:
-        return "numpy was imported before this script ran: OPENBLAS_CORETYPE left unset"
+        return None, f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} set by the caller (every side inherits it)"
     try:
         with open("/proc/cpuinfo") as f:
             lines = f.readlines()
     except OSError:
-        return "no /proc/cpuinfo: OPENBLAS_CORETYPE left unset"
+        return None, "none recommended (no /proc/cpuinfo)"
     flags = next((line for line in lines if line.startswith("flags")), "")
     vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
     if " avx512f" not in flags:
-        return "the CPU has no avx512f: OPENBLAS_CORETYPE left unset"
+        return None, "none recommended (the CPU has no avx512f)"
     if vendor == "AuthenticAMD":
         # Zen 4 runs 512-bit instructions as two 256-bit halves: measured on an EPYC
         # (Zen 4), SkylakeX sgemm was no faster than Haswell (195 vs 209 GFLOP/s, n = 2048).
-        return "left unset: AMD CPU (AVX-512 kernels measured no faster than AVX2 ones there)"
+        return None, "none recommended (AMD CPU: AVX-512 kernels measured no faster than AVX2 ones there)"
     probe = subprocess.run([sys.executable, "-c", _COREPROBE], capture_output=True, text=True, check=False)
     default = probe.stdout.strip() or "unknown"
     if default.lower() in _AVX512_CORES:
-        return f"left unset: the CPU has avx512f and OpenBLAS already picks {default} on its own"
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    return f"OPENBLAS_CORETYPE=SkylakeX set by this script (the CPU has avx512f; OpenBLAS alone picks {default})"
+        return None, f"none recommended (the CPU has avx512f and OpenBLAS already picks {default})"
+    return "SkylakeX", f"SkylakeX recommended (the CPU has avx512f; OpenBLAS alone picks {default})"
 
 
 def _openblas():

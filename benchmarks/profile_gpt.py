@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_gpt  # noqa: E402  (sets OPENBLAS_CORETYPE before numpy loads)
+import bench_gpt  # noqa: E402
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
@@ -34,13 +34,16 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="OpenBLAS threads (default: its own)")
-    p.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                   help="as in bench_gpt.py: keep freed memory for the next step, or glibc's default")
+    p.add_argument("--malloc", choices=["keep", "default"], default="default",
+                   help="default: glibc's own settings, as a learner runs the package; keep: call "
+                        "alignment_np.backend.keep_freed_memory() first (bench_gpt.py's best path)")
     args = p.parse_args(argv)
     if args.threads:
         bench_gpt.set_blas_threads(args.threads)
     if args.malloc == "keep":
-        bench_gpt.keep_freed_memory()
+        from alignment_np.backend import keep_freed_memory
+
+        keep_freed_memory()
     side = bench_gpt.NumpySide(bench_gpt.CONFIGS[args.config])
     fn = getattr(side, args.work)
     fn()  # warm up
