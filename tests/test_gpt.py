@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignment_np.backend import to_numpy
+from alignment_np.backend import has_cupy_gpu, to_device, to_numpy
 from alignment_np.gradcheck import relative_error
 from alignment_np.nn.gpt import GPTConfig, TinyGPT, last_token_index, position_ids
 from helpers import make_parameters_generic
@@ -421,3 +421,44 @@ def test_incremental_decoding_with_tiled_attention(style):
     finally:
         attention.TILE_QUERIES, attention.TILE_ELEMENTS = saved
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full["logits"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (dict(n_layer=3), r"kv_cache: holds 3 layers, this model has n_layer=2"),
+        (dict(n_layer=1), r"kv_cache: holds 1 layers, this model has n_layer=2"),
+        (dict(n_head=1), r"kv_cache: expected keys \(2, 2, 4, 6\) and values \(2, 2, 6, 4\) per layer"),
+        (dict(d_model=16), r"kv_cache: expected keys \(2, 2, 4, 6\) .* got \(2, 2, 8, 6\)"),
+        (dict(dtype="float64"), r"kv_cache: expected numpy arrays of dtype float32 \(the model's\), got .*float64"),
+    ],
+)
+def test_kv_cache_of_another_model_is_refused(other, match):
+    """A cache made by a model of another shape used to be read silently (wrong logits)."""
+    shape = dict(vocab_size=7, block_size=6, n_layer=2, n_head=2, d_model=8, dtype="float32")
+    model = TinyGPT(GPTConfig(**shape), seed=0)
+    kv = TinyGPT(GPTConfig(**{**shape, **other}), seed=0).init_kv_cache(2, 6)
+    with pytest.raises(ValueError, match=match):
+        model.forward_incremental(np.zeros((2, 2), np.int64), kv)
+
+
+def test_kv_cache_with_a_bad_length_or_missing_layers_is_refused():
+    model = TinyGPT(GPTConfig(vocab_size=7, block_size=6, n_layer=2, n_head=2, d_model=8), seed=0)
+    kv = model.init_kv_cache(1, 4)
+    for length in (-1, 5, 1.0, True):
+        with pytest.raises(ValueError, match=r"kv_cache: 'length' must be an int in \[0, 4\]"):
+            model.forward_incremental(np.zeros((1, 1), np.int64), {**kv, "length": length})
+    with pytest.raises(ValueError, match="kv_cache: expected the dict returned by init_kv_cache"):
+        model.forward_incremental(np.zeros((1, 1), np.int64), {k: v for k, v in kv.items() if k != "max_len"})
+    with pytest.raises(ValueError, match="one array per layer"):
+        model.forward_incremental(np.zeros((1, 1), np.int64), {**kv, "v": kv["v"][:1]})
+
+
+@pytest.mark.cupy
+@pytest.mark.skipif(not has_cupy_gpu(), reason="CuPy with a CUDA device is not available")
+def test_kv_cache_of_another_backend_is_refused():
+    model = TinyGPT(GPTConfig(vocab_size=7, block_size=6, n_layer=2, n_head=2, d_model=8), seed=0)
+    kv = model.init_kv_cache(1, 4)
+    model.to("cupy")
+    with pytest.raises(ValueError, match=r"kv_cache: expected cupy arrays"):
+        model.forward_incremental(to_device(np.zeros((1, 1), np.int64), "cupy"), kv)

@@ -88,7 +88,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .workspace import empty
+from .workspace import empty, zeros
 
 # Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
 # 1 MiB, a core's L2 cache). Measured on the benchmark configs (T = 64 to 256):
@@ -348,8 +348,8 @@ def empty_kv_cache(batch_size: int, n_head: int, max_len: int, head_dim: int, dt
     exactly the k^T / sqrt(hd) the score product q k^T / sqrt(hd) reads, in
     place, with no copy or scaling per new token. v: (B, H, max_len, hd).
     """
-    return (xp.zeros((batch_size, n_head, head_dim, max_len), dtype=dtype),
-            xp.zeros((batch_size, n_head, max_len, head_dim), dtype=dtype))
+    return (zeros((batch_size, n_head, head_dim, max_len), dtype, xp),
+            zeros((batch_size, n_head, max_len, head_dim), dtype, xp))
 
 
 def attention_forward_kv(qkv_new, n_head: int, k_cache, v_cache, start: int, attention_mask=None,

@@ -267,8 +267,7 @@ class TinyGPT(Module):
         Returns logits (B, t_new, V), equal to the last t_new positions of
         ``forward`` on the whole sequence. Advances ``kv_cache["length"]``.
         """
-        if not isinstance(kv_cache, dict) or "k" not in kv_cache:
-            raise ValueError("kv_cache: expected the dict returned by init_kv_cache")
+        self._check_kv_cache(kv_cache)
         xp = get_array_module(self.wte.data)
         start = kv_cache["length"]
         idx_new = self._check_ids(idx_new, "idx_new")
@@ -302,6 +301,44 @@ class TinyGPT(Module):
         return xp.matmul(h.reshape(-1, d), self.wte.data.T).reshape(b, t_new, -1)
 
     # ------------------------------------------------------------ validation
+
+    def _check_kv_cache(self, kv_cache) -> None:
+        """ValueError unless kv_cache is an ``init_kv_cache`` of a model of this shape.
+
+        A cache of another model (another number of layers, heads or width,
+        another dtype or backend) would otherwise be read silently: wrong
+        logits, or a confusing error deep inside attention.
+        """
+        keys = ("k", "v", "length", "batch_size", "max_len")
+        if not isinstance(kv_cache, dict) or any(k not in kv_cache for k in keys):
+            raise ValueError("kv_cache: expected the dict returned by init_kv_cache")
+        c = self.config
+        k_list, v_list = kv_cache["k"], kv_cache["v"]
+        if not isinstance(k_list, list) or not isinstance(v_list, list) or len(k_list) != len(v_list):
+            raise ValueError("kv_cache: expected the dict returned by init_kv_cache ('k' and 'v': one array per layer)")
+        if len(k_list) != c.n_layer:
+            raise ValueError(
+                f"kv_cache: holds {len(k_list)} layers, this model has n_layer={c.n_layer}; "
+                f"make it with this model's init_kv_cache"
+            )
+        b, max_len, hd = kv_cache["batch_size"], kv_cache["max_len"], c.d_model // c.n_head
+        want_k, want_v = (b, c.n_head, hd, max_len), (b, c.n_head, max_len, hd)
+        xp, dtype = get_array_module(self.wte.data), self.wte.data.dtype
+        for k, v in zip(k_list, v_list):
+            if getattr(k, "shape", None) != want_k or getattr(v, "shape", None) != want_v:
+                raise ValueError(
+                    f"kv_cache: expected keys {want_k} and values {want_v} per layer (B, H={c.n_head}, "
+                    f"head width {hd}, max_len) for this model, got {getattr(k, 'shape', type(k).__name__)} "
+                    f"and {getattr(v, 'shape', type(v).__name__)}; make it with this model's init_kv_cache"
+                )
+            if get_array_module(k, v) is not xp or k.dtype != dtype or v.dtype != dtype:
+                raise ValueError(
+                    f"kv_cache: expected {xp.__name__} arrays of dtype {dtype} (the model's), got "
+                    f"{type(k).__module__}.{type(k).__name__} of dtype {k.dtype}"
+                )
+        length = kv_cache["length"]
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 0 <= length <= max_len:
+            raise ValueError(f"kv_cache: 'length' must be an int in [0, {max_len}], got {length!r}")
 
     def _check_ids(self, idx, name: str):
         idx = as_array_of(get_array_module(self.wte.data), idx, name)
