@@ -394,9 +394,12 @@ def memory_probe(side: str, c: dict) -> dict:
     if side != "torch":
         # The reference's forward passes in prepare() left scratch buffers in the package's
         # workspace: memory a step will use, not part of the built models. (Torch freed its own.)
-        from alignment_np.functional import workspace
-
-        workspace.clear()
+        try:
+            from alignment_np.functional import workspace
+        except ImportError:  # a version of the package before the workspace
+            pass
+        else:
+            workspace.clear()
     gc.collect()
     out = {"baseline_mib": status_mib("VmRSS")}
     for w in WORKLOADS:

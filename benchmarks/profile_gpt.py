@@ -38,6 +38,8 @@ def main(argv=None):
                    help="default: glibc's own settings, as a learner runs the package; keep: call "
                         "alignment_np.backend.keep_freed_memory() first (bench_gpt.py's best path)")
     args = p.parse_args(argv)
+    import numpy  # noqa: F401  (loads OpenBLAS, whose threads are set next)
+
     if args.threads:
         bench_gpt.set_blas_threads(args.threads)
     if args.malloc == "keep":
