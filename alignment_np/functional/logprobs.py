@@ -54,6 +54,7 @@ import numpy as np
 from ..backend import get_array_module, to_numpy
 from ..checks import check_bool
 from .stable import log_softmax
+from .workspace import empty
 
 __all__ = [
     "token_logprobs_forward",
@@ -102,7 +103,7 @@ def token_logprobs_backward(d_token_logps, cache):
     B, T = tokens.shape
     # exp(logp) is softmax(logits): a new array, so the in-place work below
     # touches only memory this kernel allocated (never the cache).
-    dlogits = xp.exp(logp)  # (B, T, V)
+    dlogits = xp.exp(logp, out=empty(logp.shape, logp.dtype, xp))  # (B, T, V), workspace memory
     dlogits *= -g[..., None]
     # Scatter g at the token index without a dense one-hot: every (b, t)
     # appears once, so plain fancy-index += is exact (no repeated indices).
@@ -171,8 +172,9 @@ def shift_for_causal_lm_backward(d_shifted_logits):
     """
     xp = get_array_module(d_shifted_logits)
     B, Tm1, V = d_shifted_logits.shape
-    dlogits = xp.zeros((B, Tm1 + 1, V), dtype=d_shifted_logits.dtype)
+    dlogits = empty((B, Tm1 + 1, V), d_shifted_logits.dtype, xp)
     dlogits[:, :-1] = d_shifted_logits
+    dlogits[:, -1] = 0
     return dlogits
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from .workspace import empty
 
 
 def logsumexp(x, axis: int = -1, keepdims: bool = False):
@@ -61,8 +62,16 @@ def log_softmax(x, axis: int = -1):
     xp = get_array_module(x)
     m = xp.max(x, axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
-    shifted = x - m  # a new array, every entry <= 0
-    shifted -= xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+        shifted = x - m  # a new array, every entry <= 0
+        shifted -= xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+        return shifted
+    # the same, in workspace memory (reused between steps): the result and one temporary
+    shifted = xp.subtract(x, m, out=empty(x.shape, x.dtype, xp))  # every entry <= 0
+    e = xp.exp(shifted, out=empty(x.shape, x.dtype, xp))
+    sums = xp.sum(e, axis=axis, keepdims=True)
+    del e
+    shifted -= xp.log(sums)
     return shifted
 
 
