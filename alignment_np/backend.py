@@ -183,14 +183,19 @@ def available_backends() -> list[str]:
 def keep_freed_memory() -> bool:
     """Ask glibc's allocator to keep freed memory instead of returning it to the OS.
 
-    A training step allocates and frees the same large activations every
-    step. By default glibc serves blocks above 128 KiB with ``mmap`` and hands
-    them back with ``munmap`` when freed, so every step faults the same pages
-    in again (tens of thousands of page faults, about a quarter of the CPU
-    time of a small GPT's step here). Raising the mmap and trim thresholds
-    keeps the memory in the process for reuse. Opt-in, because it changes the
-    whole process: the CLI and the benchmarks call it. Returns True where it
-    took effect (Linux with glibc), False elsewhere.
+    No longer needed for speed: the kernels take their large arrays from the
+    workspace (``functional/workspace.py``), which keeps and reuses them
+    itself, so a training step stops faulting pages back in without any
+    process-wide setting (``benchmarks/bench_gpt.py`` measures both paths;
+    see docs/performance.md). Kept for code that allocates large arrays of
+    its own every step.
+
+    What it does: by default glibc serves blocks above 128 KiB with ``mmap``
+    and hands them back with ``munmap`` when freed, so a loop that allocates
+    and frees the same large arrays faults the same pages in again. Raising
+    the mmap and trim thresholds keeps the memory in the process for reuse.
+    Opt-in, because it changes the whole process. Returns True where it took
+    effect (Linux with glibc), False elsewhere.
     """
     import ctypes
     import sys
