@@ -63,18 +63,33 @@ def _size_class(nbytes: int) -> int:
     return -(-nbytes // step) * step
 
 
+def _free_flags(buffers: list, free: int) -> list:
+    """For each buffer, whether its reference count is ``free`` (nothing but the pool holds it)."""
+    flags = []
+    for buf in buffers:
+        flags.append(sys.getrefcount(buf) == free)
+    return flags
+
+
+def _first_free(buffers: list, free: int) -> int:
+    """Index of the first buffer whose reference count is ``free``, or -1 (the same test as above)."""
+    i = 0
+    for buf in buffers:
+        if sys.getrefcount(buf) == free:
+            return i
+        i += 1
+    return -1
+
+
 def _free_refcount() -> int:
-    """The reference count ``Workspace`` sees for a pooled buffer that nothing else holds.
-
-    Measured here, through the same code path as the check in ``_take``, so
-    that it does not depend on how the interpreter counts its own temporaries.
-    """
+    """The reference count a pooled buffer has when nothing else holds it, as the two helpers
+    above see it (measured, so that it does not depend on how the interpreter counts its own
+    temporaries): a buffer held only by a list."""
     probe = [np.empty(1, dtype=np.uint8)]
-    return _refcounts(probe)[0]
-
-
-def _refcounts(buffers: list) -> list:
-    return [sys.getrefcount(b) for b in buffers]
+    for count in range(1, 16):
+        if _first_free(probe, count) == 0 and _free_flags(probe, count) == [True]:
+            return count
+    raise RuntimeError("workspace: could not measure the reference count of a free buffer")
 
 
 class Workspace:
@@ -83,11 +98,20 @@ class Workspace:
     def __init__(self, min_free_limit: int = _MIN_FREE_LIMIT):
         self._pool: dict[int, list] = {}  # size class -> 1-D uint8 buffers of that many bytes
         self._last_asked: dict[int, int] = {}  # size class -> tick of its latest request
+        self._sizes: dict = {}  # (shape, dtype) -> (dtype, nbytes, size class): computed once
         self._tick = 0
         self._peak_in_use = 0  # bytes in use at once, the most seen when a buffer was added
         self._min_free_limit = int(min_free_limit)
         self._free = _free_refcount()
         self._lock = threading.Lock()  # a buffer must not be handed to two threads at once
+
+    def _size(self, shape, dtype):
+        """(dtype, nbytes, size class) of a request; shape as a tuple."""
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize
+        for n in shape:
+            nbytes *= int(n)
+        return dtype, nbytes, _size_class(nbytes) if nbytes >= MIN_POOLED_BYTES else 0
 
     def empty(self, shape, dtype, xp=np):
         """An uninitialised array of ``shape`` and ``dtype``, from the pool when it is large.
@@ -97,15 +121,17 @@ class Workspace:
         """
         if xp is not np:  # CuPy pools its own device memory
             return xp.empty(shape, dtype=dtype)
-        dtype = np.dtype(dtype)
-        if isinstance(shape, (int, np.integer)):
-            shape = (int(shape),)
-        nbytes = dtype.itemsize
-        for n in shape:
-            nbytes *= n
-        if nbytes < MIN_POOLED_BYTES:
+        if not isinstance(shape, tuple):
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        key = (shape, dtype)
+        try:
+            dtype, nbytes, size = self._sizes[key]
+        except KeyError:
+            if len(self._sizes) > 4096:  # shapes that keep changing: keep the table small
+                self._sizes.clear()
+            dtype, nbytes, size = self._sizes.setdefault(key, self._size(shape, dtype))
+        if not size:  # small: malloc serves it from its heap
             return np.empty(shape, dtype=dtype)
-        size = _size_class(nbytes)
         with self._lock:
             buf = self._take(size)
         return buf[:nbytes].view(dtype).reshape(shape)
@@ -119,11 +145,12 @@ class Workspace:
     def _take(self, size: int):
         self._tick += 1
         self._last_asked[size] = self._tick
-        buffers = self._pool.setdefault(size, [])
-        free = self._free
-        for i, count in enumerate(_refcounts(buffers)):
-            if count == free:
-                return buffers[i]
+        buffers = self._pool.get(size)
+        if buffers is None:
+            buffers = self._pool[size] = []
+        i = _first_free(buffers, self._free)
+        if i >= 0:
+            return buffers[i]
         self._make_room(size)
         buf = np.empty(size, dtype=np.uint8)
         buffers.append(buf)
@@ -133,8 +160,8 @@ class Workspace:
         """Before adding a buffer of ``size`` bytes: release free buffers beyond the limit."""
         free_buffers, in_use = [], 0
         for cls, buffers in self._pool.items():
-            for buf, count in zip(buffers, _refcounts(buffers)):
-                if count == self._free:
+            for buf, free in zip(buffers, _free_flags(buffers, self._free)):
+                if free:
                     free_buffers.append((self._last_asked[cls], cls, buf))
                 else:
                     in_use += cls
@@ -155,7 +182,7 @@ class Workspace:
         with self._lock:
             for cls in list(self._pool):
                 buffers = self._pool[cls]
-                self._pool[cls] = [b for b, c in zip(buffers, _refcounts(buffers)) if c != self._free]
+                self._pool[cls] = [b for b, free in zip(buffers, _free_flags(buffers, self._free)) if not free]
                 if not self._pool[cls]:
                     del self._pool[cls], self._last_asked[cls]
             self._peak_in_use = 0
@@ -165,10 +192,10 @@ class Workspace:
         with self._lock:
             total = in_use = count = 0
             for cls, buffers in self._pool.items():
-                for c in _refcounts(buffers):
+                for free in _free_flags(buffers, self._free):
                     count += 1
                     total += cls
-                    in_use += cls if c != self._free else 0
+                    in_use += 0 if free else cls
         return {"buffers": count, "bytes": total, "bytes_in_use": in_use, "bytes_free": total - in_use}
 
 
