@@ -29,6 +29,14 @@ reports medians and spreads over ``--repeats``:
   rejected rows, reference log-probs precomputed once, grad clip, AdamW):
   B rows of T tokens = B/2 pairs, the same tokens as a train step, tokens/s;
 * generation with the KV cache (greedy, prompt T/2, T/2 new tokens), new tokens/s;
+* a full rollout, as every on-policy trainer collects one (``PPOTrainer.rollout``:
+  B prompts of T/2 tokens, up to T/2 new tokens sampled at temperature 1 with
+  the KV cache until every row has produced eos, a reward on the decoded
+  text, then one forward each of the policy, the reference and the value
+  model over the whole sequences), new tokens/s;
+* a PPO iteration (``PPOTrainer.train_step``: that rollout, per-token KL
+  rewards, GAE, then 4 epochs x 4 minibatches of policy and value-model
+  forward and backward, grad clip, AdamW), response tokens/s;
 * memory, each side in yet another fresh process (``memory_probe``): the
   resident memory a train step (then a DPO step, then generation) adds
   above the built models;
@@ -80,7 +88,7 @@ CONFIGS = {
     "small": dict(V=96, T=128, D=128, L=4, H=4, B=16),
     "medium": dict(V=256, T=256, D=256, L=4, H=8, B=8),
 }
-WORKLOADS = ("train", "dpo", "generate")
+WORKLOADS = ("train", "dpo", "generate", "rollout", "ppo")
 SIDES = ("numpy", "numpy-best", "torch")
 BETA, LR, WEIGHT_DECAY, GRAD_CLIP = 0.1, 1e-4, 0.01, 1.0
 
@@ -94,9 +102,23 @@ def train_flops(c: dict) -> float:
 
 
 def tokens_per_call(c: dict, workload: str) -> int:
-    if workload == "generate":
-        return c["B"] * (c["T"] - c["T"] // 2)  # new tokens
+    if workload in ("generate", "rollout", "ppo"):
+        return c["B"] * (c["T"] - c["T"] // 2)  # new tokens (at most: a rollout stops once every row ended)
     return c["B"] * c["T"]  # train: B rows; DPO: B/2 pairs = B rows
+
+
+def ppo_settings(c: dict) -> dict:
+    """The PPO iteration of both sides: PPOConfig's defaults, the benchmark's lr and weight decay."""
+    return dict(batch_size=c["B"], num_mini_batches=4, num_ppo_epochs=4, response_length=c["T"] - c["T"] // 2,
+                temperature=1.0, kl_coef=0.05, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0,
+                lam=0.95, max_grad_norm=GRAD_CLIP, learning_rate=LR, weight_decay=WEIGHT_DECAY)
+
+
+def reward_fn(prompts, completions):
+    """A cheap reward on the decoded text, the same for both sides: the share of one character."""
+    import numpy as np
+
+    return np.array([c.count(chr(0x4E00)) / max(1, len(c)) for c in completions], dtype=np.float64)
 
 
 # ---------------------------------------------------------------- the work, per side
@@ -146,6 +168,17 @@ class NumpySide:
         data = self.trainer.prepare(self.pairs)
         self.dpo_batch = data.batch(np.arange(len(self.pairs)))
         self.prompt = self.idx[:, : c["T"] // 2]
+        # PPO: a policy, its frozen reference, a separate value model (PPOTrainer's default: a copy
+        # of the reference), B prompts of T/2 - 1 characters (+ <bos> = T/2 columns).
+        from alignment_np.trainers.ppo import PPOConfig, PPOTrainer
+
+        self.tokenizer = tokenizer
+        self.ppo_policy, self.ppo_reference = TinyGPT(config, seed=seed + 1), TinyGPT(config, seed=seed + 1)
+        settings = ppo_settings(c)
+        self.ppo_trainer = PPOTrainer(self.ppo_policy, self.ppo_reference, reward_fn, tokenizer,
+                              PPOConfig(**settings, seed=seed))
+        chars = np.array(tokenizer.chars)
+        self.ppo_prompts = ["".join(rng.choice(chars, c["T"] // 2 - 1)) for _ in range(c["B"])]
 
     def logits(self, idx):
         return self.model.forward(idx)[0]["logits"]
@@ -167,8 +200,15 @@ class NumpySide:
 
         return generate(self.model, self.prompt, self.c["T"] - self.prompt.shape[1], temperature=0.0)["new_tokens"]
 
+    def rollout(self):
+        return self.ppo_trainer.rollout(self.ppo_prompts)
+
+    def ppo(self):
+        return self.ppo_trainer.train_step(self.ppo_prompts)
+
     def release_models(self):
         del self.model, self.policy, self.reference, self.trainer, self.opt
+        del self.ppo_policy, self.ppo_reference, self.ppo_trainer
 
 
 class TorchSide:
@@ -196,6 +236,19 @@ class TorchSide:
         with torch.no_grad():  # the reference, once
             self.ref_logps = self._logps(reference, self.dpo_ids)
         self.prompt = torch.from_numpy(numpy_side.prompt)
+        # PPO: the same three models and prompts; one AdamW over policy and value model (as the
+        # NumPy trainer: eps 1e-5, decay on matrices only).
+        trainer = numpy_side.ppo_trainer
+        self.ppo_policy = TorchGPT.from_numpy(trainer.policy)
+        self.ppo_reference = TorchGPT.from_numpy(trainer.reference)
+        self.ppo_value = TorchGPT.from_numpy(trainer.value_model)
+        self.ppo_opt = _torch_adamw(self.ppo_policy, self.ppo_value, eps=1e-5)
+        tok = numpy_side.tokenizer
+        ids, _ = tok.encode_batch(numpy_side.ppo_prompts, add_bos=True, padding_side="left")
+        self.ppo_prompt = torch.from_numpy(ids.astype("int64"))
+        self.ppo_settings = ppo_settings(c)
+        self.decode, self.eos_id, self.pad_id = tok.decode, tok.eos_id, tok.pad_id
+        self.generator = torch.Generator().manual_seed(0)
 
     def logits(self, idx):
         with self.torch.no_grad():
@@ -226,17 +279,31 @@ class TorchSide:
     def generate(self):
         return self._generate(self.model, self.prompt, self.c["T"] - self.prompt.shape[1])[0]
 
+    def rollout(self):
+        from torch_gpt import torch_rollout
 
-def _torch_adamw(model):
+        s = self.ppo_settings
+        return torch_rollout(self.ppo_policy, self.ppo_reference, self.ppo_value, self.ppo_prompt,
+                             s["response_length"], self.eos_id, self.pad_id, self.decode, reward_fn,
+                             s["temperature"], self.generator)
+
+    def ppo(self):
+        from torch_gpt import torch_ppo_iteration
+
+        torch_ppo_iteration(self.ppo_policy, self.ppo_reference, self.ppo_value, self.ppo_opt, self.ppo_prompt,
+                            self.ppo_settings, self.decode, reward_fn, self.eos_id, self.pad_id, self.generator)
+
+
+def _torch_adamw(*models, eps: float = 1e-8):
     """AdamW(fused=True) with weight decay on matrices only, as alignment_np's AdamW."""
     import torch
 
-    params = list(model.parameters())
+    params = [p for model in models for p in model.parameters()]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=LR, fused=True)
+    return torch.optim.AdamW(groups, lr=LR, eps=eps, fused=True)
 
 
 # ---------------------------------------------------------------- timing (in the workers)
@@ -560,7 +627,8 @@ def print_report(header: dict, results: list, memory: dict, matmul_n: int) -> No
     cols = [LABELS[s] for s in sides] + ([f"{LABELS[s]}/PyTorch" for s in numpy_sides] if has_torch else [])
     print("| config | work | " + " | ".join(cols) + " |")
     print("| --- | --- | " + " | ".join("---:" for _ in cols) + " |")
-    units = {"train": "train tokens/s", "dpo": "DPO tokens/s", "generate": "generate new tokens/s"}
+    units = {"train": "train tokens/s", "dpo": "DPO tokens/s", "generate": "generate new tokens/s",
+             "rollout": "rollout new tokens/s", "ppo": "PPO iteration tokens/s"}
     for r in results:
         for w in WORKLOADS:
             cells = []

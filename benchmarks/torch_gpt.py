@@ -8,9 +8,14 @@ CPU: ``nn.Linear`` (one ``addmm`` per layer), ``F.layer_norm``,
 numbers and the benchmark compares the same work. Generation uses its own
 simple key/value cache (preallocated (B, H, T_max, hd) buffers per layer).
 
-Only the language-model path is here (no value or reward head), and no
-padding: the benchmark feeds full-length rows, where TinyGPT also takes its
-unmasked (causal-only) path.
+The language-model path and the value head (PPO's critic) are here, no
+reward head, and no padding mask: the benchmark's rows are full length or
+right-padded after a response's end, and under the causal mask a real token
+never attends to a later (padding) position, so its output is the same with
+or without the mask (TinyGPT's masked path gives the same numbers there;
+padded positions are masked out of every loss). ``torch_rollout`` and
+``torch_ppo_iteration`` do the work of ``alignment_np``'s ``collect_rollout``
+and ``PPOTrainer.train_step``, as TRL's PPO does it in torch.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class TorchGPT(nn.Module):
         self.wpe = nn.Parameter(torch.zeros(block_size, d_model))
         self.blocks = nn.ModuleList(TorchBlock(d_model, n_head) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
+        self.value_head = nn.Linear(d_model, 1)
 
     @classmethod
     def from_numpy(cls, model) -> "TorchGPT":
@@ -86,12 +92,19 @@ class TorchGPT(nn.Module):
                 p.copy_(value.T if _is_transposed(name) else value)
         return out
 
-    def forward(self, idx):
+    def trunk(self, idx):
         t = idx.shape[1]
         x = self.wte[idx] + self.wpe[:t]
         for block in self.blocks:
             x = block(x)
-        return self.ln_f(x) @ self.wte.T
+        return self.ln_f(x)
+
+    def forward(self, idx):
+        return self.trunk(idx) @ self.wte.T
+
+    def values(self, idx):
+        """The value head's V (B, T) at every position."""
+        return self.value_head(self.trunk(idx))[..., 0]
 
     def init_kv_cache(self, batch_size: int, max_len: int):
         hd = self.d_model // self.n_head
@@ -137,6 +150,7 @@ _RENAMES = {
     "fc.weight": "mlp.fc.w", "fc.bias": "mlp.fc.b",
     "fc_proj.weight": "mlp.proj.w", "fc_proj.bias": "mlp.proj.b",
     "ln_f.weight": "ln_f.gamma", "ln_f.bias": "ln_f.beta",
+    "value_head.weight": "value_head.w", "value_head.bias": "value_head.b",
 }
 
 
@@ -149,10 +163,119 @@ def numpy_name(torch_name: str) -> str:
 
 
 def _is_transposed(torch_name: str) -> bool:
-    return torch_name.endswith(("qkv.weight", "proj.weight", "fc.weight", "fc_proj.weight"))
+    return torch_name.endswith(("qkv.weight", "proj.weight", "fc.weight", "fc_proj.weight", "value_head.weight"))
 
 
 def numpy_grad(torch_name: str, grad):
     """A TorchGPT parameter gradient in TinyGPT's layout, as a NumPy array."""
     g = grad.detach().cpu().numpy()
     return g.T if _is_transposed(torch_name) else g
+
+
+# ---------------------------------------------------------------- PPO for RLHF, as TRL does it in torch
+
+
+def _response_logps(model, tokens, p: int, temperature: float):
+    """log_softmax(logits / tau)[token] of the response tokens after P prompt columns: (B, N)."""
+    logits = model(tokens[:, :-1])[:, p - 1:] / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, p:, None])[..., 0], logits
+
+
+@torch.inference_mode()
+def torch_rollout(policy, reference, value_model, prompt, max_new_tokens: int, eos_id: int, pad_id: int,
+                  decode, reward_fn, temperature: float = 1.0, generator=None) -> dict:
+    """``alignment_np.rl.rollout.collect_rollout``'s work: sample with the KV cache at temperature
+    tau until every row has produced eos (or N tokens), decode, score, then one forward of the
+    policy, the reference and the value model over the whole sequences."""
+    b, p = prompt.shape
+    cache = policy.init_kv_cache(b, p + max_new_tokens)
+    logits = policy.forward_kv(prompt, cache, 0)[:, -1]
+    tokens = torch.full((b, p + max_new_tokens), pad_id, dtype=torch.long)
+    tokens[:, :p] = prompt
+    mask = torch.zeros((b, max_new_tokens), dtype=torch.bool)
+    finished = torch.zeros(b, dtype=torch.bool)
+    for i in range(max_new_tokens):
+        probs = torch.softmax(logits / temperature, dim=-1)
+        new = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        alive = ~finished
+        tokens[:, p + i] = torch.where(alive, new, pad_id)
+        mask[:, i] = alive
+        finished |= alive & (new == eos_id)
+        if bool(finished.all()):
+            break
+        if i + 1 < max_new_tokens:
+            logits = policy.forward_kv(tokens[:, p + i : p + i + 1], cache, p + i)[:, -1]
+    lengths = mask.sum(1)
+    n = int(lengths.max())
+    tokens, mask = tokens[:, : p + n].contiguous(), mask[:, :n]
+    completions = [decode(tokens[r, p : p + int(lengths[r])].numpy()) for r in range(b)]
+    scores = torch.as_tensor(reward_fn(None, completions), dtype=torch.float32)
+    logps, _ = _response_logps(policy, tokens, p, temperature)
+    ref_logps, _ = _response_logps(reference, tokens, p, temperature)
+    values = value_model.values(tokens[:, :-1])[:, p - 1:]
+    zero = torch.zeros((), dtype=logps.dtype)
+    return {"tokens": tokens, "mask": mask, "prompt_length": p, "scores": scores, "lengths": lengths,
+            "logps": torch.where(mask, logps, zero), "ref_logps": torch.where(mask, ref_logps, zero),
+            "values": torch.where(mask, values, zero)}
+
+
+def _masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def _gae(rewards, values, mask, gamma: float, lam: float):
+    """GAE over each response (gamma, lambda), then the advantages whitened over the batch."""
+    b, n = rewards.shape
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(b, dtype=rewards.dtype)
+    for t in reversed(range(n)):
+        next_value = values[:, t + 1] if t + 1 < n else torch.zeros(b, dtype=rewards.dtype)
+        next_value = next_value * mask[:, t + 1] if t + 1 < n else next_value
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last * (mask[:, t + 1] if t + 1 < n else 0)) * mask[:, t]
+        adv[:, t] = last
+    returns = adv + values
+    m = mask.bool()
+    mean, var = adv[m].mean(), adv[m].var()
+    return torch.where(m, (adv - mean) * torch.rsqrt(var + 1e-8), 0.0), torch.where(m, returns, 0.0)
+
+
+def torch_ppo_iteration(policy, reference, value_model, optimizer, prompt, c: dict, decode, reward_fn,
+                        eos_id: int, pad_id: int, generator=None) -> None:
+    """``PPOTrainer.train_step``'s work: a rollout, per-token KL rewards, GAE, then
+    ``num_ppo_epochs`` x ``num_mini_batches`` clipped-surrogate + clipped-value updates
+    (grad clip, AdamW), with the entropy statistic TRL logs."""
+    r = torch_rollout(policy, reference, value_model, prompt, c["response_length"], eos_id, pad_id, decode,
+                      reward_fn, c["temperature"], generator)
+    mask = r["mask"].to(r["logps"].dtype)
+    b, n = mask.shape
+    p = r["prompt_length"]
+    kl = (r["logps"] - r["ref_logps"]) * mask  # k1
+    rewards = -c["kl_coef"] * kl
+    rewards[torch.arange(b), r["lengths"] - 1] += r["scores"]
+    advantages, returns = _gae(rewards, r["values"], mask, c["gamma"], c["lam"])
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    mb = b // c["num_mini_batches"]
+    eps, eps_v = c["cliprange"], c["cliprange_value"]
+    for _ in range(c["num_ppo_epochs"]):
+        order = torch.randperm(b, generator=generator)
+        for start in range(0, b, mb):
+            idx = order[start : start + mb]
+            tokens, m = r["tokens"][idx], mask[idx]
+            logps, logits = _response_logps(policy, tokens, p, c["temperature"])
+            values = value_model.values(tokens[:, :-1])[:, p - 1:]
+            ratio = torch.exp(logps - r["logps"][idx])
+            adv = advantages[idx]
+            pg = _masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)), m)
+            old_v = r["values"][idx]
+            v_clipped = old_v + (values - old_v).clamp(-eps_v, eps_v)
+            ret = returns[idx]
+            vf = 0.5 * _masked_mean(torch.maximum((values - ret) ** 2, (v_clipped - ret) ** 2), m)
+            loss = pg + c["vf_coef"] * vf
+            loss.backward()
+            with torch.no_grad():  # the entropy TRL logs
+                logp_all = torch.log_softmax(logits, dim=-1)
+                _masked_mean(-(logp_all.exp() * logp_all).sum(-1), m)
+            torch.nn.utils.clip_grad_norm_(params, c["max_grad_norm"])
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)

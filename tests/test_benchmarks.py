@@ -45,7 +45,8 @@ def test_quick_run_from_the_command_line_numpy_only():
     # what the best path would set, and why, on every CPU (recommended or not)
     assert re.search(r"- openblas_coretype: (none recommended|SkylakeX recommended|OPENBLAS_CORETYPE=\S+ set by "
                      r"the caller) \(.+\)", out)
-    for work in ("train tokens/s", "DPO tokens/s", "generate new tokens/s"):
+    for work in ("train tokens/s", "DPO tokens/s", "generate new tokens/s", "rollout new tokens/s",
+                 "PPO iteration tokens/s"):
         row = re.search(rf"\| tiny \| {work} \| ([\d,]+) \(", out)
         assert row and int(row.group(1).replace(",", "")) > 0, work
     assert re.search(r"\| tiny \| NumPy \| 0\.73 \| [\d.]+ \| \d+% \| [\d.]+x \|", out)
@@ -124,3 +125,35 @@ def test_memory_probe_reports_numpy_peaks():
         assert m[work]["peak_mib"] > 0 and m[work]["added_mib"] >= 0 and m[work]["traced_mib"] >= 0
     # a train step keeps every layer's activations for backward; generation keeps none
     assert m["train"]["added_mib"] > 0
+
+
+@pytest.mark.torch
+def test_the_torch_ppo_side_computes_what_the_package_computes():
+    """The benchmark's torch PPO iteration does the package's work: its GAE and whitening give
+    gae_advantages' numbers, and its rollout's log-probs are the package's response log-probs."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import torch_gpt
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from alignment_np.rl.advantages import gae_advantages
+    from alignment_np.trainers.lm_logprobs import response_forward
+
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    mask = (np.arange(7)[None, :] < rng.integers(1, 8, size=5)[:, None]).astype(np.float64)
+    adv, ret = gae_advantages(rewards, values, mask, 1.0, 0.95)
+    t_adv, t_ret = torch_gpt._gae(*(torch.tensor(a) for a in (rewards, values, mask)), 1.0, 0.95)
+    np.testing.assert_allclose(t_adv.numpy(), adv, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(t_ret.numpy(), ret, rtol=1e-10, atol=1e-12)
+
+    model = TinyGPT(GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, d_model=8, dtype="float64"), seed=3)
+    tokens = rng.integers(0, 11, size=(3, 12))
+    out, _ = response_forward(model, tokens, None, 5, 0.7, ("logits", "values"))
+    tmodel = torch_gpt.TorchGPT.from_numpy(model)
+    with torch.no_grad():
+        logps, _ = torch_gpt._response_logps(tmodel, torch.from_numpy(tokens), 5, 0.7)
+        values = tmodel.values(torch.from_numpy(tokens)[:, :-1])[:, 4:]
+    np.testing.assert_allclose(logps.numpy(), out["logps"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(values.numpy(), out["values"], rtol=1e-10, atol=1e-12)
