@@ -30,6 +30,7 @@ the flat buffer is a layout, never a second copy of the truth.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Iterable
 
 import numpy as np
@@ -39,6 +40,9 @@ from .checks import check_bool, check_float, check_int
 from .nn.module import Parameter
 
 CHUNK = 1 << 15  # numbers per chunk of an optimiser step: 128 KiB of float32 per array
+
+# id of a flat gradient buffer -> its FlatParameters, so that clip_grad_norm can recognise it
+_LAYOUTS: "weakref.WeakValueDictionary[int, FlatParameters]" = weakref.WeakValueDictionary()
 
 
 def _unique(params: Iterable[Parameter]) -> list[Parameter]:
@@ -89,6 +93,8 @@ class FlatParameters:
             grad[...] = p.grad
             p.data, p.grad = data, grad
             self._views.append((data, grad))
+        self.ids = frozenset(id(p) for p in params)
+        _LAYOUTS[id(self.grad)] = self
 
     @staticmethod
     def can_hold(params: list[Parameter]) -> bool:
@@ -337,28 +343,17 @@ def _adamw_update(w, g, m, v, buf, b1, b2, step_size, eps_hat, decay) -> None:
 
 
 def _covering_buffer(params: list[Parameter]):
-    """The flat gradient buffer the params' gradients exactly tile (an optimiser's), or None.
+    """The flat gradient buffer that exactly the params' gradients fill (an optimiser's), or None.
 
     With it, the global norm is one dot product and the clipping one scaling,
     instead of one of each per parameter.
     """
-    base = params[0].grad.base
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+    layout = _LAYOUTS.get(id(params[0].grad.base))
+    if layout is None or layout.grad is not params[0].grad.base or len(params) != len(layout.params):
         return None
-    start, item = base.__array_interface__["data"][0], base.itemsize
-    spans = []
-    for p in params:
-        g = p.grad
-        if g.base is not base or not g.flags.c_contiguous:
-            return None
-        spans.append(((g.__array_interface__["data"][0] - start) // item, g.size))
-    spans.sort()
-    end = 0
-    for offset, size in spans:
-        if offset != end:
-            return None
-        end += size
-    return base if end == base.size else None
+    if {id(p) for p in params} != layout.ids or not layout.intact():
+        return None
+    return layout.grad
 
 
 def clip_grad_norm(params, max_norm: float) -> float:

@@ -568,6 +568,8 @@ def bench_config(name: str, args) -> dict:
                     reply = w.ask(cmd="time", work=work, min_time=args.min_time, max_noise=args.max_noise,
                                   retries=args.retries, settle=args.settle)
                     times[(w.side, work)].append(reply["seconds"])
+                    print(f"[{name} repeat {r + 1}/{args.repeats}] {w.side} {work}: {1e3 * reply['seconds']:.1f} ms "
+                          f"(others used {100 * reply['noise']:.0f}% of the CPUs)", file=sys.stderr, flush=True)
                     stats = args.noise_stats
                     stats["measurements"] += 1
                     stats["noisy"] += reply["noise"] > args.max_noise
@@ -600,6 +602,8 @@ def run_memory_probes(name: str, args) -> dict:
             w = Worker(side, name, args, memory=True)
             w.close()
             result[side] = w.hello
+            print(f"[memory {name}] {side}: " + ", ".join(f"{k} +{w.hello[k]['added_mib']:.0f} MiB"
+                                                        for k in WORKLOADS if k in w.hello), file=sys.stderr, flush=True)
         except RuntimeError as e:
             result[side] = {"error": str(e)}
     return result
@@ -756,7 +760,11 @@ def main(argv=None) -> dict:
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     start = cpu_snapshot()
-    results = [bench_config(name, args) for name in args.names]
+    results = []
+    for name in args.names:  # the JSON file is rewritten after each config: a long run keeps what it measured
+        results.append(bench_config(name, args))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=1))
     workers = results[0]["workers"]
     info = workers["numpy"]
     header["numpy"] = (f"{info['numpy']}, OpenBLAS core type {info['blas_core']}, {info['blas_threads']} BLAS threads; "

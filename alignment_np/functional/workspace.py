@@ -28,7 +28,7 @@ give them, only without the page faults.
 Requests are rounded up to one of eight size classes per power of two
 (less than 12.5% waste; none for the power-of-two-times-small-integer shapes
 of a transformer), so arrays of nearby sizes share buffers. Free buffers are
-kept up to ``max(64 MiB, 2 x the most memory ever in use at once)``; beyond
+kept up to ``max(64 MiB, the most memory ever in use at once)``; beyond
 that, when a new buffer is needed, the free buffers of the size classes
 asked for least recently go back to the operating system. A fixed-shape
 training loop therefore allocates nothing after its first step, and a loop
@@ -166,7 +166,7 @@ class Workspace:
                 else:
                     in_use += cls
         self._peak_in_use = max(self._peak_in_use, in_use + size)
-        limit = max(self._min_free_limit, 2 * self._peak_in_use)
+        limit = max(self._min_free_limit, self._peak_in_use)
         free_bytes = sum(cls for _, cls, _ in free_buffers)
         if free_bytes + size <= limit:
             return
