@@ -366,16 +366,16 @@ def clip_grad_norm(params, max_norm: float) -> float:
             and max_norm > 0):  # NaN fails "> 0"
         raise ValueError(f"max_norm: expected a number > 0 (math.inf: measure only), got {max_norm!r}")
     params = _unique(params)
-    flat = _covering_buffer(params) if get_array_module(params[0].grad) is np else None
-    grads = [flat] if flat is not None else [p.grad.reshape(-1) for p in params]
     total = 0.0
-    for g in grads:
+    for p in params:  # one dot per parameter, summed in float64: the norm does not depend on the layout
+        g = p.grad.reshape(-1)
         total += float(get_array_module(g).dot(g, g))
     norm = math.sqrt(total)
     if norm > max_norm:
         scale = max_norm / norm
-        for g in grads:
-            g *= scale
+        flat = _covering_buffer(params) if get_array_module(params[0].grad) is np else None
+        for g in [flat] if flat is not None else [p.grad for p in params]:
+            g *= scale  # one scaling of the flat buffer when the params fill it exactly
     return norm
 
 

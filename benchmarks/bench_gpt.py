@@ -412,7 +412,7 @@ def run_worker(args) -> None:
     c = CONFIGS[args.names[0]]
     info = worker_setup(args.worker, args.threads)
     if args.memory:
-        print(json.dumps({"info": info, **memory_probe(args.worker, c)}), file=protocol, flush=True)
+        print(json.dumps({"info": info, **memory_probe(args.worker, c, args.workloads)}), file=protocol, flush=True)
         return
     side = build_side(args.worker, c)
     print(json.dumps({"ready": True, "info": info}), file=protocol, flush=True)
@@ -426,7 +426,7 @@ def run_worker(args) -> None:
             np.save(cmd["path"], side.logits(np.load(cmd["idx"])))
             reply = {"ok": True}
         elif cmd["cmd"] == "warmup":
-            for w in WORKLOADS:
+            for w in cmd["workloads"]:
                 for _ in range(cmd["n"]):
                     getattr(side, w)()
             reply = {"ok": True}
@@ -439,7 +439,23 @@ def run_worker(args) -> None:
         print(json.dumps(reply), file=protocol, flush=True)
 
 
-def memory_probe(side: str, c: dict) -> dict:
+def release_free_heap() -> None:
+    """glibc's ``malloc_trim(0)``: give the heap's free pages back to the OS (where there is glibc).
+
+    Building the models ran forward passes (the DPO reference's log-probs) whose
+    freed memory glibc may keep in its heap; left there, it would count in the
+    baseline and the step would reuse it unseen. Trimmed first, the baseline is
+    what is alive. Both sides get it, in their memory workers only.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_probe(side: str, c: dict, workloads=WORKLOADS) -> dict:
     """Resident memory of one side, per workload, in a fresh process of its own.
 
     ``baseline_mib`` is VmRSS once the models, optimisers and data are built,
@@ -452,7 +468,8 @@ def memory_probe(side: str, c: dict) -> dict:
     what earlier workloads left (the DPO policy's optimiser state, memory a
     pool or the allocator kept); ``added_mib`` is peak - baseline. (NumPy's
     workspace is cleared before the baseline: the scratch buffers that
-    ``prepare()``'s reference passes left in it belong to the steps.) For NumPy,
+    ``prepare()``'s reference passes left in it belong to the steps; and
+    both sides return glibc's free heap pages first, ``release_free_heap``.) For NumPy,
     ``traced_mib`` is tracemalloc's peak over one more call (NumPy reports
     its array buffers to tracemalloc): the bytes NumPy allocated during the
     call, arrays served from the package's workspace not included.
@@ -468,8 +485,9 @@ def memory_probe(side: str, c: dict) -> dict:
         else:
             workspace.clear()
     gc.collect()
+    release_free_heap()
     out = {"baseline_mib": status_mib("VmRSS")}
-    for w in WORKLOADS:
+    for w in workloads:
         fn = getattr(obj, w)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
@@ -493,7 +511,8 @@ class Worker:
 
     def __init__(self, side: str, config: str, args, memory: bool = False):
         self.side = side
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--configs", config]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--configs", config,
+               "--workloads", ",".join(args.workloads)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if memory:
@@ -559,10 +578,10 @@ def bench_config(name: str, args) -> dict:
     try:
         parity = check_parity(workers, c) if len(workers) > 1 else None
         for w in workers:  # warm up: first calls allocate, fault pages in, build caches
-            w.ask(cmd="warmup", n=args.warmup)
-        times = {(w.side, work): [] for w in workers for work in WORKLOADS}
+            w.ask(cmd="warmup", n=args.warmup, workloads=args.workloads)
+        times = {(w.side, work): [] for w in workers for work in args.workloads}
         for r in range(args.repeats):
-            for work in WORKLOADS:
+            for work in args.workloads:
                 # alternate which side goes first, so a burst of load hits all alike
                 for w in workers if r % 2 == 0 else workers[::-1]:
                     reply = w.ask(cmd="time", work=work, min_time=args.min_time, max_noise=args.max_noise,
@@ -578,13 +597,14 @@ def bench_config(name: str, args) -> dict:
                   "workers": {w.side: w.info for w in workers}}
         for w in workers:
             per = {}
-            for work in WORKLOADS:
+            for work in args.workloads:
                 ts = times[(w.side, work)]
                 t = statistics.median(ts)
                 per[work] = {"seconds": t, "tokens_per_s": tokens_per_call(c, work) / t,
                              "tokens_per_s_range": [tokens_per_call(c, work) / max(ts),
                                                     tokens_per_call(c, work) / min(ts)]}
-            per["train"]["gflops"] = train_flops(c) / per["train"]["seconds"] / 1e9
+            if "train" in per:
+                per["train"]["gflops"] = train_flops(c) / per["train"]["seconds"] / 1e9
             result["sides"][w.side] = per
         if name == args.names[0]:  # the machine's matmul ceiling, once, from the first config's workers
             result["matmul_gflops"] = {w.side: w.ask(cmd="matmul", n=args.matmul_n, repeats=args.matmul_repeats)
@@ -634,7 +654,7 @@ def print_report(header: dict, results: list, memory: dict, matmul_n: int) -> No
     units = {"train": "train tokens/s", "dpo": "DPO tokens/s", "generate": "generate new tokens/s",
              "rollout": "rollout new tokens/s", "ppo": "PPO iteration tokens/s"}
     for r in results:
-        for w in WORKLOADS:
+        for w in [w for w in WORKLOADS if w in r["sides"][sides[0]]]:
             cells = []
             for s in sides:
                 m = r["sides"][s][w]
@@ -651,6 +671,8 @@ def print_report(header: dict, results: list, memory: dict, matmul_n: int) -> No
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         for side, per in r["sides"].items():
+            if "train" not in per or "dpo" not in per:
+                continue
             print(f"| {r['config']} | {LABELS[side]} | {train_flops(r) / 1e9:.2f} | {per['train']['gflops']:.1f} | "
                   f"{100 * per['train']['gflops'] / ceiling:.0f}% | "
                   f"{per['dpo']['seconds'] / per['train']['seconds']:.2f}x |")
@@ -672,7 +694,7 @@ def print_report(header: dict, results: list, memory: dict, matmul_n: int) -> No
               + " | ".join(cols) + " |")
         print("| --- | --- | " + " | ".join("---:" for _ in range(len(msides) + len(cols))) + " |")
         for name, per_side in memory.items():
-            for w in WORKLOADS:
+            for w in [w for w in WORKLOADS if any(w in m for m in per_side.values())]:
                 base = [f"{per_side[s]['baseline_mib']:.0f}" if w in per_side.get(s, {}) else "-" for s in msides]
                 added = [f"{per_side[s][w]['added_mib']:.0f}" if w in per_side.get(s, {}) else "-" for s in msides]
                 ratios = []
@@ -704,6 +726,7 @@ def parse_args(argv=None):
                    help="measure again while other processes use more than this fraction of the CPUs")
     p.add_argument("--retries", type=int, default=4, help="re-measurements allowed per measurement")
     p.add_argument("--settle", type=float, default=0.2, help="seconds of pause before each measurement")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {', '.join(WORKLOADS)}")
     p.add_argument("--no-best", action="store_true", help="skip the NumPy best-path worker")
     p.add_argument("--no-torch", action="store_true", help="run the NumPy side(s) only")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
@@ -720,6 +743,9 @@ def parse_args(argv=None):
     if args.threads < 0:
         p.error(f"--threads: expected >= 0, got {args.threads}")
     args.names = names
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not args.workloads or any(w not in WORKLOADS for w in args.workloads):
+        p.error(f"--workloads: expected names from {list(WORKLOADS)}, got {','.join(args.workloads)!r}")
     args.noise_stats = {"measurements": 0, "noisy": 0, "worst_kept": 0.0}
     args.matmul_n, args.matmul_repeats = 2048, 7
     if args.quick:
