@@ -241,7 +241,7 @@ class TorchSide:
         trainer = numpy_side.ppo_trainer
         self.ppo_policy = TorchGPT.from_numpy(trainer.policy)
         self.ppo_reference = TorchGPT.from_numpy(trainer.reference)
-        self.ppo_value = TorchGPT.from_numpy(trainer.value_model)
+        self.ppo_value = TorchGPT.from_numpy(trainer.value_model, value_head=True)
         self.ppo_opt = _torch_adamw(self.ppo_policy, self.ppo_value, eps=1e-5)
         tok = numpy_side.tokenizer
         ids, _ = tok.encode_batch(numpy_side.ppo_prompts, add_bos=True, padding_side="left")

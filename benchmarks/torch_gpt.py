@@ -70,20 +70,22 @@ class TorchBlock(nn.Module):
 class TorchGPT(nn.Module):
     """idx (B, T) -> logits (B, T, V), the LM head tied to wte."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int):
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, d_model: int,
+                 value_head: bool = False):
         super().__init__()
         self.n_head, self.d_model = n_head, d_model
         self.wte = nn.Parameter(torch.zeros(vocab_size, d_model))
         self.wpe = nn.Parameter(torch.zeros(block_size, d_model))
         self.blocks = nn.ModuleList(TorchBlock(d_model, n_head) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
-        self.value_head = nn.Linear(d_model, 1)
+        self.value_head = nn.Linear(d_model, 1) if value_head else None  # PPO's critic only
 
     @classmethod
-    def from_numpy(cls, model) -> "TorchGPT":
-        """A TorchGPT holding a copy of a TinyGPT's weights (and its dtype)."""
+    def from_numpy(cls, model, value_head: bool = False) -> "TorchGPT":
+        """A TorchGPT holding a copy of a TinyGPT's weights (and its dtype); with
+        ``value_head``, its value head too."""
         c = model.config
-        out = cls(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.d_model)
+        out = cls(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.d_model, value_head)
         state = model.state_dict()
         out = out.to(torch.float64 if c.dtype == "float64" else torch.float32)
         with torch.no_grad():

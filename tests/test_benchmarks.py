@@ -151,7 +151,7 @@ def test_the_torch_ppo_side_computes_what_the_package_computes():
     model = TinyGPT(GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, d_model=8, dtype="float64"), seed=3)
     tokens = rng.integers(0, 11, size=(3, 12))
     out, _ = response_forward(model, tokens, None, 5, 0.7, ("logits", "values"))
-    tmodel = torch_gpt.TorchGPT.from_numpy(model)
+    tmodel = torch_gpt.TorchGPT.from_numpy(model, value_head=True)
     with torch.no_grad():
         logps, _ = torch_gpt._response_logps(tmodel, torch.from_numpy(tokens), 5, 0.7)
         values = tmodel.values(torch.from_numpy(tokens)[:, :-1])[:, 4:]
