@@ -93,3 +93,20 @@ def tiny_rl_run(tiny_pipeline_run, tmp_path_factory):
         assert main([command, "--run", str(run), "--preset", "tiny", "--quiet"]) == 0, command
     assert main(["eval", "--run", str(run), "--preset", "tiny", "--quiet"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment_run(tiny_pipeline_run, tmp_path_factory):
+    """The tiny pipeline run plus ``experiment all --preset tiny`` (two points per sweep, three iterations).
+
+    Made once per session from a copy of ``tiny_pipeline_run`` (tests/test_experiments.py and the figure
+    script's test read it); tests that change it copy it first.
+    """
+    import shutil
+
+    from alignment_np.cli import main
+
+    run = tmp_path_factory.mktemp("tiny_experiments") / "run"
+    shutil.copytree(tiny_pipeline_run, run)
+    assert main(["experiment", "all", "--run", str(run), "--preset", "tiny", "--quiet"]) == 0
+    return run

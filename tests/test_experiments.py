@@ -1,8 +1,9 @@
 """The experiments (``experiment NAME --run RUN``) end to end on the tiny pipeline, and their parts.
 
-One module fixture runs ``experiment all --preset tiny`` on a copy of the
-session's tiny pipeline run (two points per sweep, three iterations); the
-tests read what it wrote, resume it, stop it, and feed it bad input.
+The session fixture ``tiny_experiment_run`` (tests/conftest.py) runs
+``experiment all --preset tiny`` on a copy of the session's tiny pipeline run
+(two points per sweep, three iterations); the tests read what it wrote, resume
+a copy of it, stop it, and feed it bad input.
 """
 
 from __future__ import annotations
@@ -40,12 +41,9 @@ def read(run, name):
 
 
 @pytest.fixture(scope="module")
-def exp_run(tiny_pipeline_run, tmp_path_factory):
-    """The tiny pipeline, then every experiment at its tiny preset."""
-    run = tmp_path_factory.mktemp("experiments") / "run"
-    shutil.copytree(tiny_pipeline_run, run)
-    assert main(["experiment", "all", "--run", str(run), *TINY]) == 0
-    return run
+def exp_run(tiny_experiment_run):
+    """The tiny pipeline, then every experiment at its tiny preset (made once per session, tests/conftest.py)."""
+    return tiny_experiment_run
 
 
 @pytest.fixture
