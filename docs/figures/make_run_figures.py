@@ -63,7 +63,8 @@ ONLINE = ("ppo", "grpo", "rloo")
 # Every Markdown file written (the chapters include them).
 TABLES = ("provenance.md", "stages.md", "commands.md", "sft.md", "collect.md", "rm.md", "dpo.md", "eval.md",
           "online.md", "bon.md", *(f"verdict_{p}.md" for p in POLICIES if p != "sft"),
-          *(f"samples_{p}.md" for p in POLICIES), *(f"{name}.md" for name in EXPERIMENTS))
+          *(f"samples_{p}.md" for p in POLICIES), *(f"{name}.md" for name in EXPERIMENTS),
+          "experiments_time.md", *(f"verdict_{name}.md" for name in EXPERIMENTS))
 RUN_FIGURES = RUN_PLOTS + EXPERIMENT_PLOTS
 # The run's numbers the tables are rendered from, kept beside them (see snapshot_of).
 SNAPSHOT = "run.json"
@@ -362,6 +363,563 @@ def experiment_table(snapshot: dict, name: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
 
+# ----------------------------------------------------------------------------- the experiments' verdicts
+#
+# Chapter 12 judges each experiment's results in sentences ("PPO's curve lies above DPO's", "the gold
+# score fell"): they are computed here from the experiment's JSON (<run>/experiments/<name>.json, kept
+# in run.json), so that they stay true of whatever run the figures come from.
+
+EXPERIMENT_BUDGET_SECONDS = 30 * 60  # what `experiment all` was designed to fit on two cores (issue 9)
+
+
+def _spm(mean, se, digits: int = 3) -> str:
+    """A signed ``+mean ± se`` ('—' when there is no number)."""
+    if mean is None:
+        return "—"
+    return f"{mean:+.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
+
+
+def _judge(diff, se, up: str = "higher", down: str = "lower") -> str:
+    """Whether ``diff`` is more than two standard errors from 0, in words."""
+    k = _ratio(diff, se)
+    if k is None:
+        return "its standard error is undefined, so no claim is made"
+    if k > 2:
+        return f"**{up}, by {k:.1f} standard errors**"
+    if k < -2:
+        return f"**{down}, by {-k:.1f} standard errors**"
+    return f"not more than two standard errors from 0 ({k:+.1f})"
+
+
+def _hypot(*ses):
+    """The standard error of a sum or difference of independent estimates (None if any is missing)."""
+    if any(s is None for s in ses):
+        return None
+    return math.sqrt(sum(s * s for s in ses))
+
+
+def _complete(rows):
+    return [r for r in rows if r.get("status", "complete") == "complete" and r.get("score") is not None]
+
+
+def experiments_time(snapshot: dict) -> str:
+    """How long each experiment took (its JSON's wall time), and the whole `experiment all`."""
+    found = snapshot.get("experiment_results") or {}
+    if not found:
+        return _missing("the experiments", "python -m alignment_np experiment all")
+    rows, total = [], 0.0
+    for name in EXPERIMENTS:
+        r = found.get(name)
+        if r is None:
+            rows.append([f"`{name}`", "not run", "—", "—"])
+            continue
+        total += r.get("seconds") or 0.0
+        points = len(r.get("points") or []) + len(r.get("best_of_n") or [])
+        rows.append([f"`{name}`", _seconds(r.get("seconds")), _seconds(r.get("cpu_seconds_this_session")),
+                     fmt(points)])
+    made = snapshot.get("figures_make") or {}
+    command = next((c for c in made.get("commands", []) if " experiment all " in f" {c['command']} "), None)
+    wall = command["seconds"] if command else total
+    within = "within" if wall <= EXPERIMENT_BUDGET_SECONDS else "over"
+    note = (f"\n*In all {_seconds(wall)} of wall time"
+            + (" for the `experiment all` command" if command else ", the sum of the four")
+            + f": {within} the {_seconds(EXPERIMENT_BUDGET_SECONDS)} the experiments were designed to fit on "
+            "two CPU cores. Each experiment trains only what an earlier one has not (the order above), so "
+            "the later ones are cheaper than they would be alone.*\n")
+    return _table(["experiment", "wall time", "CPU time", "points (trainings and evaluations)"], rows) + note
+
+
+# ---- the frontier
+
+
+def _setting(r: dict) -> str:
+    return "—" if r.get("param") is None else f"{r['param']} = {r['value']:g}"
+
+
+def frontier_curves(results: dict) -> tuple:
+    """(the SFT point, {method: its points sorted by KL}): every curve but best-of-N's starts at the SFT
+    model (KL 0); best-of-N's at N = 1."""
+    points = [r for r in _complete(results.get("points", []) + results.get("best_of_n", []))
+              if r.get("kl") is not None]
+    sft = next((r for r in points if r["method"] == "SFT"), None)
+    curves = {}
+    for r in points:
+        if r["method"] != "SFT":
+            curves.setdefault(r["method"], []).append(r)
+    for method, rows in curves.items():
+        rows.sort(key=lambda r: r["kl"])
+        if method != "BoN" and sft is not None:
+            rows.insert(0, sft)
+    return sft, curves
+
+
+def interpolate(curve: list, kl: float):
+    """(score, se) of ``curve`` (points sorted by KL, joined by straight lines) at ``kl``; None outside it.
+
+    The se treats the two neighbouring points as independent estimates and ignores the KL's own error.
+    """
+    for a, b in zip(curve, curve[1:]):
+        if a["kl"] <= kl <= b["kl"]:
+            w = 0.0 if b["kl"] == a["kl"] else (kl - a["kl"]) / (b["kl"] - a["kl"])
+            se = _hypot((1 - w) * (a.get("score_se") or 0.0), w * (b.get("score_se") or 0.0))
+            return (1 - w) * a["score"] + w * b["score"], se
+    if len(curve) == 1 and curve[0]["kl"] == kl:
+        return curve[0]["score"], curve[0].get("score_se")
+    return None
+
+
+def pareto(points: list) -> list:
+    """The points no other point beats: none has a higher score at a KL no larger (point estimates)."""
+    return [p for p in points
+            if not any(q is not p and q["kl"] <= p["kl"] and q["score"] > p["score"] for q in points)]
+
+
+COMPARED = ("PPO", "GRPO", "RLOO", "BoN")
+METHOD_NAMES = {"BoN": "best-of-N"}
+
+
+def _point_label(r: dict) -> str:
+    return "SFT" if r["method"] == "SFT" else f"{METHOD_NAMES.get(r['method'], r['method'])} ({_setting(r)})"
+
+
+def frontier_verdict(results: dict | None) -> str:
+    """DPO against each other method at DPO's KLs; the highest score; the empirical frontier."""
+    if not results:
+        return _missing("the `frontier` experiment", "python -m alignment_np experiment frontier")
+    sft, curves = frontier_curves(results)
+    dpo = [r for r in curves.get("DPO", []) if r["method"] == "DPO"]
+    others = [m for m in COMPARED if m in curves]
+    out = []
+    tallies = {m: {"above": 0, "below": 0, "within": 0, "outside": 0} for m in others}
+    if dpo and others:
+        rows = []
+        for d in dpo:
+            cells = []
+            for m in others:
+                curve = curves[m]
+                at = interpolate(curve, d["kl"])
+                if at is None:
+                    tallies[m]["outside"] += 1
+                    cells.append(f"beyond its KL range ({curve[0]['kl']:.2f} to {curve[-1]['kl']:.2f})")
+                    continue
+                diff, se = at[0] - d["score"], _hypot(at[1], d.get("score_se"))
+                k = _ratio(diff, se)
+                tallies[m]["above" if k is not None and k > 2 else "below" if k is not None and k < -2
+                          else "within"] += 1
+                cells.append(f"{_spm(diff, se)}" + ("" if k is None else f" ({k:+.1f} SE)"))
+            rows.append([_setting(d), f"{d['kl']:.2f}", pm(d["score"], d.get("score_se")), *cells])
+        out += ["**Each method against DPO, at DPO's KL.** Each other method's curve (its points joined by "
+                "straight lines, from the SFT model at KL 0; best-of-N's from N = 1) is read at each DPO "
+                "point's KL; a cell is that score minus DPO's, ± one standard error (the neighbouring points "
+                "and the DPO point taken as independent, the KL's own error ignored), and how many standard "
+                "errors that is.", "",
+                _table(["DPO point", "its KL (nats)", "DPO's rater score",
+                        *(f"{METHOD_NAMES.get(m, m)} minus DPO" for m in others)], rows)]
+        for m in others:
+            t = tallies[m]
+            reached = t["above"] + t["below"] + t["within"]
+            name = METHOD_NAMES.get(m, m)
+            if reached == 0:
+                text = (f"- **{name}**: no DPO point lies within its range of KL, so the two are not compared "
+                        "at equal KL.")
+            else:
+                text = (f"- **{name}** is above DPO by more than two standard errors at {t['above']} of the "
+                        f"{reached} DPO points within its range of KL, below at {t['below']}, within two "
+                        f"standard errors at {t['within']}" + (f"; {t['outside']} lie beyond its range"
+                                                                if t["outside"] else "") + ".")
+            out.append(text)
+        if "PPO" in tallies:
+            t = tallies["PPO"]
+            if t["above"] + t["below"] + t["within"] == 0:
+                paper = "the two curves do not overlap in KL, so the paper's comparison cannot be made here"
+            elif t["below"] and not t["above"]:
+                paper = "DPO is above PPO where they differ: **as the paper found**"
+            elif t["above"] and not t["below"]:
+                paper = "PPO is above DPO where they differ: **the opposite of the paper's finding**"
+            elif t["above"] and t["below"]:
+                paper = "each is above the other at some KL: **neither dominates**"
+            else:
+                paper = ("no difference exceeds two standard errors: **this run cannot tell the two apart** "
+                         "at equal KL")
+            out += ["", f"The DPO paper's IMDb experiment found DPO's frontier above PPO's (Rafailov et al. "
+                        f"2023, Fig. 2 left). Here: {paper}."]
+    every = ([sft] if sft else []) + [r for m, rows in curves.items() for r in rows if r is not sft]
+    if every:
+        best = max(every, key=lambda r: r["score"])
+        front = sorted(pareto(every), key=lambda r: r["kl"])
+        out += ["", f"**The highest rater score** is that of {_point_label(best)}, "
+                    f"{pm(best['score'], best.get('score_se'))} at a KL of {best['kl']:.2f} nats. "
+                    "**On the empirical frontier** (no other point has a higher score at a KL no larger, judged "
+                    "on the point estimates): "
+                    + ", ".join(f"{_point_label(r)} at {r['kl']:.2f} nats" for r in front) + "."]
+    return "\n".join(out).strip() + "\n"
+
+
+# ---- over-optimisation
+
+
+def gao_fit(d, reward, se, form: str) -> dict | None:
+    """Gao et al. 2022's form fitted to (d, R) by weighted least squares through R(0) = 0.
+
+    form "bon": R = c1 d - c2 d^2 (their Eq. 1); "rl": R = c1 d - c2 d log d (their Eq. 2).
+    d: sqrt(KL) of each point; reward: R, the score's rise from the start; se: R's standard errors
+    (weights 1/se^2; unweighted, with no standard errors for c1 and c2, if any is missing or 0).
+    Points at d = 0 carry no information (R(0) = 0 by the form) and are left out. Returns
+    {"c1", "c1_se", "c2", "c2_se", "points", "d_max", "peak_d", "peak_reward"} or None with fewer than
+    two points. The peak: dR/dd = 0 at d* = c1 / (2 c2) (bon) or d* = exp(c1 / c2 - 1) (rl), a maximum
+    when c2 > 0 (and, for bon, c1 > 0).
+    """
+    import numpy as np
+
+    rows = [(x, y, s) for x, y, s in zip(d, reward, se) if x is not None and y is not None and x > 0]
+    if len(rows) < 2:
+        return None
+    x = np.array([r[0] for r in rows], dtype=np.float64)
+    y = np.array([r[1] for r in rows], dtype=np.float64)
+    second = x * x if form == "bon" else x * np.log(x)
+    X = np.column_stack([x, -second])
+    weighted = all(r[2] is not None and r[2] > 0 for r in rows)
+    w = np.array([1.0 / r[2] ** 2 for r in rows]) if weighted else np.ones(len(rows))
+    normal = (X.T * w) @ X
+    if abs(np.linalg.det(normal)) < 1e-12 * max(1.0, float(np.abs(normal).max())) ** 2:
+        return None
+    cov = np.linalg.inv(normal)
+    c1, c2 = cov @ ((X.T * w) @ y)
+    c1_se, c2_se = (math.sqrt(cov[0, 0]), math.sqrt(cov[1, 1])) if weighted else (None, None)
+    peak_d = peak_reward = None
+    if c2 > 0 and (form == "rl" or c1 > 0):
+        peak_d = c1 / (2 * c2) if form == "bon" else math.exp(c1 / c2 - 1)
+        peak_reward = c1 * c1 / (4 * c2) if form == "bon" else c2 * peak_d
+    return {"c1": float(c1), "c1_se": c1_se, "c2": float(c2), "c2_se": c2_se, "points": len(rows),
+            "d_max": float(x.max()), "peak_d": peak_d, "peak_reward": peak_reward}
+
+
+def _gao_rows(results: dict) -> list:
+    """(name, form, d, R, se) of every curve of the over-optimisation experiment, gold and proxy."""
+    out = []
+    for r in results.get("ppo", []):
+        curve = _complete(r.get("curve", []))
+        if not curve:
+            continue
+        start = curve[0]
+        name = f"PPO, kl_coef {r['kl_coef']:g}"
+        done = curve[1:]
+        out.append((name, "gold", "rl", [p["sqrt_kl"] for p in done], [p.get("gain") for p in done],
+                    [p.get("gain_se") for p in done]))
+        out.append((name, "proxy", "rl", [p["sqrt_kl"] for p in done],
+                    [p["proxy"] - start["proxy"] for p in done],
+                    [_hypot(p.get("proxy_se"), start.get("proxy_se")) for p in done]))
+    bon = sorted(results.get("best_of_n", []), key=lambda r: r["n"])
+    if bon:
+        first = bon[0]
+        out.append(("best-of-N", "gold", "bon", [p["sqrt_kl"] for p in bon], [p.get("gain") for p in bon],
+                    [p.get("gain_se") for p in bon]))
+        out.append(("best-of-N", "proxy", "bon", [p["sqrt_kl"] for p in bon],
+                    [p["proxy"] - first["proxy"] for p in bon],
+                    [_hypot(p.get("proxy_se"), first.get("proxy_se")) for p in bon]))
+    return out
+
+
+def _peak_text(fit: dict) -> str:
+    c2_k = _ratio(fit["c2"], fit["c2_se"])
+    if fit["peak_d"] is None:
+        return "none (c2 ≤ 0: the fitted curve keeps rising)" if fit["c2"] <= 0 else \
+            "none (c1 ≤ 0: the fitted curve falls from the start)"
+    where = "inside" if fit["peak_d"] <= fit["d_max"] else "beyond"
+    support = "" if c2_k is None else (", c2 more than two SE above 0" if c2_k > 2 else
+                                       ", but c2 is within two SE of 0")
+    return f"d = {fit['peak_d']:.2f} (KL {fit['peak_d'] ** 2:.2f} nats), {where} the measured range{support}"
+
+
+def gao_table(results: dict) -> str:
+    rows = []
+    for name, score, form, d, reward, se in _gao_rows(results):
+        fit = gao_fit(d, reward, se, form)
+        if fit is None:
+            rows.append([name, score, form, "fewer than two points beyond d = 0", "", "", ""])
+            continue
+        rows.append([name, score, "R = d (c1 - c2 d)" if form == "bon" else "R = d (c1 - c2 log d)",
+                     pm(fit["c1"], fit["c1_se"]), pm(fit["c2"], fit["c2_se"]), f"{fit['d_max']:.2f}",
+                     _peak_text(fit)])
+    return _table(["curve", "score", "Gao et al.'s form", "c1", "c2", "largest d measured", "fitted peak"], rows)
+
+
+def _words(text: str) -> list:
+    return text.split()
+
+
+def text_profile(completions, grammatical=None) -> dict:
+    """What a set of completions looks like: its length, '!', repeated words, grammatical fraction, words."""
+    from collections import Counter
+
+    n = len(completions)
+    words = [_words(c) for c in completions]
+    counts = Counter(w for ws in words for w in ws if w.isalpha())
+    return {"n": n, "words": sum(len(ws) for ws in words) / n if n else None,
+            "exclamation": sum(1 for ws in words if "!" in ws) / n if n else None,
+            "repeated": sum(1 for ws in words if any(a == b and a.isalpha() for a, b in zip(ws, ws[1:]))) / n
+            if n else None,
+            "grammatical": (sum(1 for g in grammatical if g) / n) if grammatical is not None and n else None,
+            "counts": dict(sorted(counts.items()))}
+
+
+def _read_lines(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def exploit_profiles(folder: RunFolder, results: dict) -> dict:
+    """{label: text_profile} of the SFT model's held-out completions, each PPO run's at its end, and best-of-N's
+    at its largest N, read from the experiment's samples (``<run>/experiments/base``)."""
+    base = os.path.join(folder.path, "experiments", "base")
+    samples_dir = os.path.join(base, "samples")
+    profiles = {}
+    sft_files = sorted(f for f in os.listdir(samples_dir) if f.startswith("sft_step")) \
+        if os.path.isdir(samples_dir) else []
+    if sft_files:
+        rows = _read_lines(os.path.join(samples_dir, sft_files[-1]))
+        profiles["SFT"] = text_profile([s["completion"] for s in rows], [s.get("grammatical") for s in rows])
+    for r in results.get("ppo", []):
+        curve = r.get("curve", [])
+        if r.get("status") != "complete" or len(curve) < 2:
+            continue
+        path = os.path.join(samples_dir, f"{r['stage']}_step{curve[-1]['step']}.jsonl")
+        if os.path.exists(path):
+            rows = _read_lines(path)
+            profiles[f"PPO, kl_coef {r['kl_coef']:g} (iteration {curve[-1]['step']})"] = text_profile(
+                [s["completion"] for s in rows], [s.get("grammatical") for s in rows])
+    bon = _read_json(os.path.join(base, "best_of_n.json"))
+    if bon and bon.get("proxy"):
+        kept, kept_ok = [], []
+        for completions, proxy, ok in zip(bon["completions"], bon["proxy"], bon["grammatical"]):
+            best = max(range(len(proxy)), key=lambda i: (proxy[i], -i))  # the first maximum, as best-of-N keeps
+            kept.append(completions[best])
+            kept_ok.append(bool(ok[best]))
+        profiles[f"best-of-{len(bon['proxy'][0])}"] = text_profile(kept, kept_ok)
+    return profiles
+
+
+def exploit_table(profiles: dict, top: int = 5) -> str:
+    if len(profiles) < 2 or "SFT" not in profiles:
+        return ""
+    sft = profiles["SFT"]
+    names = list(profiles)
+    rows = [["completions", *(fmt(profiles[n]["n"]) for n in names)],
+            ["words per completion", *(fmt(profiles[n]["words"], 1) for n in names)],
+            ["with a '!'", *(fmt(profiles[n]["exclamation"], 2) for n in names)],
+            ["with a word repeated at once ('superb superb')", *(fmt(profiles[n]["repeated"], 2) for n in names)],
+            ["grammatical", *(fmt(profiles[n]["grammatical"], 2) for n in names)]]
+    rises = ["words risen most, per completion (vs SFT)", "—"]
+    for n in names[1:]:
+        p = profiles[n]
+        delta = {w: p["counts"].get(w, 0) / p["n"] - sft["counts"].get(w, 0) / sft["n"]
+                 for w in set(p["counts"]) | set(sft["counts"])}
+        best = sorted((w for w in delta if delta[w] > 0), key=lambda w: (-delta[w], w))[:top]
+        rises.append(", ".join(f"{w} ({delta[w]:+.2f})" for w in best) or "—")
+    rows.append(rises)
+    return _table(["held-out completions", *names], rows)
+
+
+def _kl_text(row: dict) -> str:
+    return pm(row["kl"], row.get("kl_se"), 2)
+
+
+def overoptimization_verdict(results: dict | None, profiles: dict | None = None) -> str:
+    """Per PPO run: the KL reached, the proxy's rise, the gold score's peak and fall, the grammatical fraction;
+    the penalty's effect; best-of-N; Gao et al.'s forms fitted; what the policies' text became."""
+    if not results:
+        return _missing("the `overoptimization` experiment", "python -m alignment_np experiment overoptimization")
+    out, ends = [], {}
+    for r in results.get("ppo", []):
+        curve = _complete(r.get("curve", []))
+        name = f"PPO with kl_coef {r['kl_coef']:g}" + (" (the KL penalty off)" if r["kl_coef"] == 0 else "")
+        if len(curve) < 2:
+            out.append(f"- **{name}**: no checkpoint was evaluated ({r.get('status')}).")
+            continue
+        sft, done = curve[0], curve[1:]
+        end, peak = done[-1], max(done, key=lambda p: p["score"])
+        ends[r["kl_coef"]] = end
+        proxy_diff, proxy_se = end["proxy"] - sft["proxy"], _hypot(end.get("proxy_se"), sft.get("proxy_se"))
+        gram_diff = None if end.get("grammatical") is None else end["grammatical"] - sft["grammatical"]
+        gram_se = _hypot(end.get("grammatical_se"), sft.get("grammatical_se"))
+        fall = r.get("fall")
+        if fall is None:
+            fall_text = "fewer than two checkpoints, so no fall is measured"
+        elif fall.get("note"):
+            fall_text = "its last checkpoint is its best, so it did not fall"
+        else:
+            fall_text = (f"from there to the end it fell by {pm(fall['fall'], fall['fall_se'])}, paired by "
+                         "prompt: " + ("**more than two standard errors**" if fall["falls"] else
+                                       "not more than two standard errors"))
+        out.append(
+            f"- **{name}**, {end['step']} iterations: the KL from the SFT model reached "
+            f"{pm(end['kl'], end.get('kl_se'), 2)} nats (d = {end['sqrt_kl']:.2f}). The proxy (reward-model) "
+            f"score went from {fmt(sft['proxy'])} to {fmt(end['proxy'])}, {_spm(proxy_diff, proxy_se)}: "
+            f"{_judge(proxy_diff, proxy_se, 'risen', 'fallen')}. The gold (rater) score ends "
+            f"{_spm(end.get('gain'), end.get('gain_se'))} above the SFT model's (paired): "
+            f"{_judge(end.get('gain'), end.get('gain_se'))}; it was highest at iteration {peak['step']} "
+            f"({_spm(peak.get('gain'), peak.get('gain_se'))}), and {fall_text}. The grammatical fraction went "
+            f"from {fmt(sft.get('grammatical'), 2)} to {fmt(end.get('grammatical'), 2)}, "
+            f"{_spm(gram_diff, gram_se, 2)}: {_judge(gram_diff, gram_se, 'risen', 'fallen')}.")
+    if 0.0 in ends and len(ends) > 1:
+        on_coef = max(k for k in ends if k > 0)
+        off, on = ends[0.0], ends[on_coef]
+        d, se = on["score"] - off["score"], _hypot(on.get("score_se"), off.get("score_se"))
+        g, gse = on["grammatical"] - off["grammatical"], _hypot(on.get("grammatical_se"), off.get("grammatical_se"))
+        out.append(f"- **The penalty's effect**, at the end: without it the KL reached {_kl_text(off)} nats, "
+                   f"with kl_coef {on_coef:g} {_kl_text(on)}. The gold score with the penalty minus without: "
+                   f"{_spm(d, se)}, {_judge(d, se)}; the grammatical fraction: {_spm(g, gse, 2)}, "
+                   f"{_judge(g, gse)} (unpaired standard errors).")
+    bon = sorted(results.get("best_of_n", []), key=lambda r: r["n"])
+    if len(bon) > 1:
+        first, last = bon[0], bon[-1]
+        top = max(bon, key=lambda r: r["score"])
+        pd, pse = last["proxy"] - first["proxy"], _hypot(last.get("proxy_se"), first.get("proxy_se"))
+        out.append(f"- **Best-of-N**, N = {first['n']} to {last['n']} (KL up to {last['kl']:.2f} nats, "
+                   f"analytic): the proxy score {_spm(pd, pse)}, {_judge(pd, pse, 'risen', 'fallen')}; the gold "
+                   f"score {_spm(last.get('gain'), last.get('gain_se'))} (paired with N = {first['n']}), "
+                   f"{_judge(last.get('gain'), last.get('gain_se'), 'risen', 'fallen')}; its highest gold score "
+                   f"is at N = {top['n']}.")
+    out += ["", "**Gao et al.'s forms, fitted.** R is the score's rise from the start (the SFT model, or "
+                "N = 1), d = sqrt(KL); weighted least squares through R(0) = 0, each point weighted by "
+                "1/SE²; c1 and c2 ± their standard errors from the points' (Gao et al. write α and β; "
+                "β is the KL coefficient in this course). Two numbers fitted to a few points: a description "
+                "of this run's curves, not a test of the forms.", "", gao_table(results)]
+    table = exploit_table(profiles or {})
+    if table:
+        out += ["", "**What the text became.** Every held-out completion of the SFT model, of each PPO run at "
+                    "its end and of best-of-N at its largest N (the completion it keeps for each prompt): "
+                    "a few measures, and the words whose count per completion rose most from the SFT model's.",
+                "", table]
+    return "\n".join(out).strip() + "\n"
+
+
+# ---- noisy preferences
+
+
+NOISE_METHODS = ("DPO", "cDPO", "rDPO", "RM+PPO")
+
+
+def noise_verdict(results: dict | None) -> str:
+    """Each method's gain over SFT at each flip rate; its change from the lowest rate to the highest; cDPO, rDPO
+    and RM+PPO against DPO at each rate; the reward models' accuracy on the clean pairs."""
+    if not results:
+        return _missing("the `noise` experiment", "python -m alignment_np experiment noise")
+    rates = sorted(r["flip_rate"] for r in results.get("flip_rates", []))
+    by = {(p["method"], p["flip_rate"]): p for p in _complete(results.get("points", []))}
+    rows = []
+    for m in NOISE_METHODS:
+        cells = []
+        for rate in rates:
+            p = by.get((m, rate))
+            k = None if p is None else _ratio(p.get("gain"), p.get("gain_se"))
+            cells.append("—" if p is None else _spm(p.get("gain"), p.get("gain_se"))
+                         + ("" if k is None else f" ({k:+.1f} SE)"))
+        rows.append([m, *cells])
+    out = ["**Gain over the SFT model** (paired with its samples of the same held-out prompts), ± one "
+           "standard error, and how many standard errors that is:", "",
+           _table(["method", *(f"flip rate {r:g}" for r in rates)], rows)]
+    if len(rates) > 1:
+        low, high = rates[0], rates[-1]
+        for m in NOISE_METHODS:
+            a, b = by.get((m, low)), by.get((m, high))
+            if a is None or b is None:
+                continue
+            d, se = b["score"] - a["score"], _hypot(a.get("score_se"), b.get("score_se"))
+            k = _ratio(b.get("gain"), b.get("gain_se"))
+            above = ("still above the SFT model by more than two standard errors" if k is not None and k > 2
+                     else "no longer above the SFT model by more than two standard errors")
+            out.append(f"- **{m}**: from flip rate {low:g} to {high:g} its rater score changed by {_spm(d, se)}, "
+                       f"{_judge(d, se, 'risen', 'fallen')} (unpaired); at {high:g} it is {above}.")
+        for rate in rates:
+            base = by.get(("DPO", rate))
+            if rate == 0 or base is None:
+                continue
+            parts = []
+            for m in ("cDPO", "rDPO", "RM+PPO"):
+                p = by.get((m, rate))
+                if p is None:
+                    continue
+                d, se = p["score"] - base["score"], _hypot(p.get("score_se"), base.get("score_se"))
+                parts.append(f"{m} {_spm(d, se)}, {_judge(d, se)}")
+            if parts:
+                out.append(f"- **Against DPO at flip rate {rate:g}** (rater score minus DPO's): "
+                           + "; ".join(parts) + ".")
+    acc = {r["flip_rate"]: r["reward_model"] for r in results.get("flip_rates", [])}
+    if len(rates) > 1 and acc.get(rates[0]) and acc.get(rates[-1]):
+        a, b = acc[rates[0]], acc[rates[-1]]
+        d, se = b["accuracy"] - a["accuracy"], _hypot(a.get("accuracy_se"), b.get("accuracy_se"))
+        k = _ratio(b["accuracy"] - 0.5, b.get("accuracy_se"))
+        chance = ("above chance by more than two standard errors" if k is not None and k > 2
+                  else "not above chance by more than two standard errors")
+        out.append(f"- **The reward model** (RM+PPO's) on the clean held-out pairs: accuracy "
+                   f"{pm(a['accuracy'], a.get('accuracy_se'))} at flip rate {rates[0]:g}, "
+                   f"{pm(b['accuracy'], b.get('accuracy_se'))} at {rates[-1]:g}, a change of {_spm(d, se)}: "
+                   f"{_judge(d, se, 'risen', 'fallen')}; at {rates[-1]:g} it is {chance}.")
+    return "\n".join(out).strip() + "\n"
+
+
+# ---- KL control
+
+
+def kl_control_verdict(results: dict | None) -> str:
+    """The fixed and the adaptive run's KL against the target; how far the controller moved the coefficient,
+    against the most it could move; the held-out numbers."""
+    if not results:
+        return _missing("the `kl_control` experiment", "python -m alignment_np experiment kl_control")
+    target, start = results["kl_target"], results["kl_coef"]
+    points = {p["method"]: p for p in results.get("points", [])}
+    out = []
+    tails = {}
+    for method in ("fixed", "adaptive"):
+        p = points.get(method)
+        if p is None:
+            continue
+        t = p["trajectory"]
+        if t.get("tail_kl") is None:
+            continue
+        tails[method] = t
+        k = _ratio(t["tail_kl"] - target, t.get("tail_kl_se"))
+        where = ("within two standard errors of the target" if k is not None and abs(k) <= 2 else
+                 "above the target" if t["tail_kl"] > target else "below the target")
+        out.append(f"- **{method.capitalize()} coefficient** (`{p['stage']}`): over the last "
+                   f"{t['tail_iterations']} iterations the training KL averaged "
+                   f"{pm(t['tail_kl'], t.get('tail_kl_se'), 2)} nats against the target {target:g}, "
+                   f"{t['tail_kl'] / target:.2f} times it: {where}.")
+    if len(tails) == 2:
+        f, a = tails["fixed"], tails["adaptive"]
+        d, se = a["tail_kl_error"] - f["tail_kl_error"], _hypot(a.get("tail_kl_error_se"), f.get("tail_kl_error_se"))
+        out.append(f"- **Distance from the target**, |KL - target| over those iterations: adaptive "
+                   f"{pm(a['tail_kl_error'], a.get('tail_kl_error_se'), 2)}, fixed "
+                   f"{pm(f['tail_kl_error'], f.get('tail_kl_error_se'), 2)}; adaptive minus fixed {_spm(d, se, 2)}: "
+                   f"{_judge(d, se, 'farther', 'closer')}. (Successive iterations are correlated, so these "
+                   "standard errors are optimistic.)")
+    adaptive = points.get("adaptive")
+    if adaptive is not None and adaptive["trajectory"].get("final_kl_coef"):
+        t = adaptive["trajectory"]
+        final = t["final_kl_coef"]
+        stage_config = (results.get("stages") or {}).get(adaptive["stage"], {})
+        batch, horizon = stage_config.get("batch_size"), results.get("kl_horizon")
+        updates = max(0, len(t.get("kl_coef", [])) - 1)  # the coefficient logged at each iteration, before its update
+        text = (f"- **The controller** moved kl_coef from {start:g} to {final:.4g} (a factor of {final / start:.2f}) "
+                f"in the {updates} updates before the last logged iteration.")
+        if batch and horizon:
+            gain = batch / horizon
+            bound = (1 + 0.2 * gain) ** updates if final >= start else (1 - 0.2 * gain) ** updates
+            used = math.log(final / start) / math.log(bound) if bound != 1 else 0.0
+            text += (f" With K = B / horizon = {batch} / {horizon:g} = {gain:.3g} and the error clipped at ±0.2, "
+                     f"{updates} updates can move it by a factor of at most {bound:.2f}: it used "
+                     f"{100 * used:.0f}% of that range (in log)"
+                     + ("; **the clip, not the target, limited it**." if used > 0.9 else "."))
+        out.append(text)
+    held = [(m, points[m]) for m in ("fixed", "adaptive") if m in points and points[m].get("status") == "complete"]
+    if held:
+        out.append("- **Held out**, the final policies: " + "; ".join(
+            f"{m} KL {pm(p['kl'], p.get('kl_se'), 2)} nats, rater score {pm(p['score'], p.get('score_se'))}, "
+            f"grammatical {pm(p['grammatical'], p.get('grammatical_se'), 2)}" for m, p in held) + ".")
+    return "\n".join(out).strip() + "\n"
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -393,14 +951,20 @@ def snapshot_of(folder: RunFolder) -> dict:
                 rows = [json.loads(line) for _, line in zip(range(SAMPLES_SHOWN), f)]
             samples[policy] = [{k: s.get(k) for k in ("prompt", "completion", "score", "grammatical")}
                                for s in rows]
-    experiments = {}
+    experiments, experiment_results = {}, {}
     for name in EXPERIMENTS:
         path = os.path.join(folder.path, "experiments", f"{name}.md")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 experiments[name] = f.read()
+        document = _read_json(os.path.join(folder.path, "experiments", f"{name}.json"))
+        if document is not None:
+            experiment_results[name] = document
+    overoptimization = experiment_results.get("overoptimization")
+    profiles = exploit_profiles(folder, overoptimization) if overoptimization else {}
     return {"config": folder.read_config(), "results": results, "samples": samples,
-            "experiments": experiments, "figures_make": _read_json(folder.file("figures_make.json"))}
+            "experiments": experiments, "experiment_results": experiment_results, "exploit_profiles": profiles,
+            "figures_make": _read_json(folder.file("figures_make.json"))}
 
 
 def render_tables(snapshot: dict) -> dict:
@@ -426,6 +990,13 @@ def render_tables(snapshot: dict) -> dict:
         tables[f"samples_{name}.md"] = samples_list(snapshot, name)
     for name in EXPERIMENTS:
         tables[f"{name}.md"] = experiment_table(snapshot, name)
+    found = snapshot.get("experiment_results") or {}
+    tables["experiments_time.md"] = experiments_time(snapshot)
+    tables["verdict_frontier.md"] = frontier_verdict(found.get("frontier"))
+    tables["verdict_overoptimization.md"] = overoptimization_verdict(found.get("overoptimization"),
+                                                                     snapshot.get("exploit_profiles"))
+    tables["verdict_noise.md"] = noise_verdict(found.get("noise"))
+    tables["verdict_kl_control.md"] = kl_control_verdict(found.get("kl_control"))
     assert set(tables) == set(TABLES), "TABLES lists every Markdown file written"
     return tables
 
