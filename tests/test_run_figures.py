@@ -51,7 +51,9 @@ def test_the_script_renders_a_run_end_to_end(script, tiny_rl_run, tmp_path):
     for name in script.RUN_PLOTS:  # every plot of the run; the experiments are not in it
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name
-    assert not any((out / name).exists() for name in script.EXPERIMENT_PLOTS)
+    for name in script.EXPERIMENT_PLOTS:  # not in this run: a small placeholder says so (not strict)
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) < 10_000, name
     results = json.loads((tiny_rl_run / "results.json").read_text())
     sft, dpo = results["eval"]["policies"]["sft"], results["eval"]["policies"]["dpo"]
     table = (out / "eval.md").read_text()

@@ -12,7 +12,9 @@ Markdown files under ``docs/figures/run/``, which the chapters include with
 the ``pymdownx.snippets`` extension (``--8<-- "figures/run/eval.md"``). The
 sentences that judge a result ("more than two standard errors", "most of
 its completions are grammatical") are computed here too, from the same
-numbers, so that the prose stays true of whatever run the figures come from.
+numbers, so that the prose stays true of whatever run the figures come from:
+chapter 12's (``verdict_<experiment>.md``) from each experiment's JSON, which
+``run.json`` keeps with the rest.
 
 ``--make`` first creates the run at the default configuration with the
 commands the chapters describe (``MAKE_COMMANDS``: pipeline, ppo, grpo,
@@ -1001,12 +1003,33 @@ def render_tables(snapshot: dict) -> dict:
     return tables
 
 
+# The command that makes each plot (a placeholder names it when the run lacks the plot).
+PLOT_COMMANDS = {**{f"curves_{stage}.png": f"python -m alignment_np {stage}"
+                    for stage in ("sft", "rm", "dpo", "ppo", "grpo", "rloo")},
+                 "eval.png": "python -m alignment_np eval", "rm_vs_rater.png": "python -m alignment_np eval",
+                 **{f"{name}.png": f"python -m alignment_np experiment {name}" for name in EXPERIMENTS}}
+
+
+def placeholder_png(path: str, title: str, command: str) -> None:
+    """A small image saying that the run lacks a plot and which command makes it (the chapters stay whole)."""
+    from alignment_np.runs.plots import _pyplot
+
+    plt = _pyplot()
+    fig = plt.figure(figsize=(5.0, 1.2))
+    fig.text(0.5, 0.62, title, ha="center", va="center", fontsize=10)
+    if command:
+        fig.text(0.5, 0.3, f"(made by {command})", ha="center", va="center", fontsize=8, color="grey")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def write_figures(run: str, out: str = DEFAULT_OUT, strict: bool = False) -> list[str]:
     """Copy the run's plots and render its tables into ``out``; returns the paths written.
 
     strict: refuse a run that lacks a plot or a table the chapters show (the
-    committed figures must be complete); otherwise a missing part becomes a
-    line saying which command makes it.
+    committed figures must be complete); otherwise a missing table becomes a
+    line saying which command makes it, and a missing plot a small image
+    saying the same.
     """
     from alignment_np.runs.plots import write_plots
 
@@ -1019,9 +1042,12 @@ def write_figures(run: str, out: str = DEFAULT_OUT, strict: bool = False) -> lis
     for name, source in sources:
         if os.path.exists(source):
             shutil.copyfile(source, os.path.join(out, name))
-            written.append(os.path.join(out, name))
         else:
             missing.append(name)
+            if strict:
+                continue
+            placeholder_png(os.path.join(out, name), f"Not in this run: {name}", PLOT_COMMANDS.get(name, ""))
+        written.append(os.path.join(out, name))
     text = json.dumps(snapshot_of(folder), indent=1, ensure_ascii=False) + "\n"
     snapshot = json.loads(text)  # the tables come from exactly what run.json holds
     files = {SNAPSHOT: text}
