@@ -74,6 +74,10 @@ def test_fully_masked_row_gives_minus_inf_not_nan():
 @given(moderate, st.data())
 def test_log_softmax_backward_matches_finite_differences(x, data):
     dout = data.draw(hnp.arrays(np.float64, x.shape, elements=st.floats(-1, 1)))
+    # A ramp along the softmax axis keeps each row of dout from being constant: a constant
+    # row c has the exact gradient c - p * V c = 0 at x = 0, a point where only the finite
+    # difference's rounding (~2e-8 over 216 entries of size 20) is left to compare.
+    dout = dout + 0.25 * np.arange(x.shape[-1])
     probs = np.exp(S.log_softmax(x))
     dx = S.log_softmax_backward(dout, probs)
     check_gradients(S.log_softmax, [x], [dx], dout=dout)

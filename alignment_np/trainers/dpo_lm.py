@@ -102,7 +102,7 @@ from ..nn.gpt import GPTConfig, TinyGPT
 from ..optim import AdamW, clip_grad_norm
 from ..progress import Progress
 from .dpo import DPOTrainer
-from .epoch_order import EpochOrder
+from .epoch_order import EpochOrder, begin_epochs
 from .lm_logprobs import policy_logps_backward, policy_logps_forward
 
 __all__ = ["DPOConfig", "PreferenceDataset", "DPOLMTrainer", "LM_LOSS_TYPES", "REFERENCE_FREE"]
@@ -454,16 +454,8 @@ class DPOLMTrainer:
         """
         if not isinstance(data, PreferenceDataset):
             data = self.prepare(data)
-        steps = max(self.config.steps - self.step, 0) if steps is None else check_nonneg_int("steps", steps)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback: expected a callable(step, metrics), got {type(callback).__name__}")
-        if self.order is None:
-            self.order = EpochOrder(data.n_pairs, self.config.batch_size, self.config.seed)
-        elif self.order.n != data.n_pairs:
-            raise ValueError(
-                f"data: this trainer's epoch order covers {self.order.n} pairs, got {data.n_pairs}; "
-                "train on the same data throughout (or build a new trainer)"
-            )
+        self.order, steps = begin_epochs(self.order, data.n_pairs, self.config.batch_size, self.config.seed,
+                                         self.config.steps, self.step, steps, callback)
         history: dict[str, list] = {"step": []}
         bar = Progress(total=steps, desc=self.config.loss_type if self.config.reference_free else "dpo",
                        enabled=progress)

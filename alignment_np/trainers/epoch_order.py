@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..checkpoint import rng_from_state
-from ..checks import check_int, check_positive_int
+from ..checks import check_int, check_nonneg_int, check_positive_int
 
-__all__ = ["EpochOrder"]
+__all__ = ["EpochOrder", "begin_epochs"]
 
 
 class EpochOrder:
@@ -75,3 +75,25 @@ class EpochOrder:
         out._order = None if state["order"] is None else np.asarray(state["order"], dtype=np.int64)
         out._cursor = int(state["cursor"])
         return out
+
+
+def begin_epochs(order: "EpochOrder | None", n_pairs: int, batch_size: int, seed: int,
+                 planned: int, done: int, steps, callback) -> tuple["EpochOrder", int]:
+    """What a pair trainer's ``train`` checks before its first step: (the order, the steps to run).
+
+    order: the trainer's order so far (None before its first step); a trainer
+    keeps one order for one dataset of ``n_pairs`` pairs, so a different size
+    is refused. steps: None runs the config's ``planned`` steps less the
+    ``done`` ones; else a count >= 0. callback: None or a callable.
+    """
+    steps = max(planned - done, 0) if steps is None else check_nonneg_int("steps", steps)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable(step, metrics), got {type(callback).__name__}")
+    if order is None:
+        return EpochOrder(n_pairs, batch_size, seed), steps
+    if order.n != n_pairs:
+        raise ValueError(
+            f"data: this trainer's epoch order covers {order.n} pairs, got {n_pairs}; "
+            "train on the same data throughout (or build a new trainer)"
+        )
+    return order, steps

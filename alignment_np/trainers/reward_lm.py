@@ -61,7 +61,7 @@ from ..losses.bradley_terry import reward_model_loss
 from ..nn.gpt import GPTConfig, TinyGPT
 from ..optim import AdamW, clip_grad_norm, cosine_schedule
 from ..progress import Progress
-from .epoch_order import EpochOrder
+from .epoch_order import EpochOrder, begin_epochs
 
 __all__ = ["RewardLMConfig", "RewardDataset", "RewardLMTrainer", "pairwise_reward_loss", "sequence_rows"]
 
@@ -346,16 +346,8 @@ class RewardLMTrainer:
         """
         if not isinstance(data, RewardDataset):
             data = self.prepare(data)
-        steps = max(self.config.steps - self.step, 0) if steps is None else check_nonneg_int("steps", steps)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback: expected a callable(step, metrics), got {type(callback).__name__}")
-        if self.order is None:
-            self.order = EpochOrder(data.n_pairs, self.config.batch_size, self.config.seed)
-        elif self.order.n != data.n_pairs:
-            raise ValueError(
-                f"data: this trainer's epoch order covers {self.order.n} pairs, got {data.n_pairs}; "
-                "train on the same data throughout (or build a new trainer)"
-            )
+        self.order, steps = begin_epochs(self.order, data.n_pairs, self.config.batch_size, self.config.seed,
+                                         self.config.steps, self.step, steps, callback)
         history: dict[str, list] = {"step": []}
         bar = Progress(total=steps, desc="rm", enabled=progress)
         try:
