@@ -462,3 +462,40 @@ def test_kv_cache_of_another_backend_is_refused():
     model.to("cupy")
     with pytest.raises(ValueError, match=r"kv_cache: expected cupy arrays"):
         model.forward_incremental(to_device(np.zeros((1, 1), np.int64), "cupy"), kv)
+
+
+def test_a_forward_that_keeps_no_cache_gives_the_same_outputs_and_holds_one_block_at_a_time():
+    # keep_cache=False is for scoring (a rollout, an evaluation): the same outputs, no cache, and
+    # each block's activations dropped as soon as the next block has run, so the workspace's
+    # peak in use is about one block's instead of every layer's.
+    from alignment_np.functional.workspace import Workspace
+    import alignment_np.functional.workspace as ws_module
+
+    # Sizes at which every layer's activations are pooled (>= 64 KiB: MLP hidden 1 MiB, x 256 KiB).
+    config = GPTConfig(vocab_size=16, block_size=64, d_model=64, n_layer=4, n_head=2)
+    model = TinyGPT(config, seed=0)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 16, size=(16, 64))
+    mask = np.ones((16, 64), dtype=bool)
+    mask[0, :5] = False  # a left-padded row
+    heads = ("logits", "values", "rewards")
+    peaks = {}
+    saved = ws_module._default
+    try:
+        for keep in (True, False):
+            ws_module._default = Workspace()  # a fresh pool, to read this forward's peak alone
+            out, cache = model.forward(idx, mask, heads=heads, keep_cache=keep)
+            peaks[keep] = ws_module._default._peak_in_use
+            if keep:
+                kept = {k: v.copy() for k, v in out.items()}
+                assert cache is not None
+            else:
+                assert cache is None
+                for k in heads:
+                    np.testing.assert_array_equal(out[k], kept[k])
+            del out, cache
+    finally:
+        ws_module._default = saved
+    assert peaks[False] < 0.4 * peaks[True]  # measured 6.4 MB against 20.2 MB: about one block of four
+    with pytest.raises(TypeError, match="keep_cache"):
+        model.forward(idx, mask, keep_cache="no")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import as_array_of, get_array_module
+from ..checks import check_bool
 from ..functional.attention import attention_bias, empty_kv_cache
 from ..functional.embedding import embedding_backward, embedding_forward
 from ..functional.workspace import empty
@@ -130,11 +131,12 @@ class TinyGPT(Module):
 
     # ------------------------------------------------------------------ trunk
 
-    def trunk_forward(self, idx, attention_mask=None):
+    def trunk_forward(self, idx, attention_mask=None, keep_cache=True):
         """Embeddings, blocks and the final LayerNorm (inputs already validated).
 
         idx: (B, T) ints. attention_mask: (B, T) bool or None (all real).
-        Returns h (B, T, D) and the trunk cache.
+        keep_cache: False drops each block's cache as soon as the block returns.
+        Returns h (B, T, D) and the trunk cache (None when not kept).
         """
         t = idx.shape[1]
         dtype = self.wte.data.dtype
@@ -150,8 +152,12 @@ class TinyGPT(Module):
         block_caches = []
         for block in self.blocks:
             x, c = block.forward(x, attention_mask, bias)
-            block_caches.append(c)
+            if keep_cache:
+                block_caches.append(c)
+            del c  # unkept, it goes now (not when the next block returns): its buffers serve that block
         h, ln_f_cache = self.ln_f.forward(x)
+        if not keep_cache:
+            return h, None
         return h, {"tok": tok_cache, "pos": pos, "blocks": block_caches, "ln_f": ln_f_cache}
 
     def trunk_backward(self, dh, cache):
@@ -167,23 +173,30 @@ class TinyGPT(Module):
 
     # ------------------------------------------------------------------ model
 
-    def forward(self, idx, attention_mask=None, heads=("logits",)):
+    def forward(self, idx, attention_mask=None, heads=("logits",), keep_cache=True):
         """Run the model and the requested heads.
 
         idx: (B, T) integer token ids in [0, V), T <= block_size.
         attention_mask: (B, T) of 0/1 or bool (1 = real token), or None (all real).
             Every row needs at least one real token.
         heads: a subset of ("logits", "values", "rewards").
+        keep_cache: True (the default) keeps what ``backward`` needs. False is
+            for scoring only (a rollout's log-probs, an evaluation): each
+            block's activations are dropped as soon as the next block has run,
+            so the forward holds one block's worth of them at a time instead of
+            every layer's (what PyTorch's ``no_grad`` does); the cache returned
+            is None and no backward can follow. The outputs are the same.
         Returns (outputs, cache) with outputs {"logits": (B, T, V), "values":
         (B, T), "rewards": (B,)} for the requested heads; rewards are read at
         each row's last real token.
         """
         heads = _check_heads(heads)
+        keep_cache = check_bool("keep_cache", keep_cache)
         idx, mask = self._check_tokens(idx, attention_mask)
         xp = get_array_module(self.wte.data)
         b, t = idx.shape
         d = self.config.d_model
-        h, trunk_cache = self.trunk_forward(idx, mask)
+        h, trunk_cache = self.trunk_forward(idx, mask, keep_cache)
         outputs, cache = {}, {"trunk": trunk_cache, "h": h, "heads": heads}
         if "logits" in heads:  # tied head: logits = h @ wte.T, one (B*T, D) x (D, V) GEMM
             v = self.config.vocab_size
@@ -197,7 +210,7 @@ class TinyGPT(Module):
             rewards, reward_cache = self.reward_head.forward(h[xp.arange(b), last])  # (B, 1)
             outputs["rewards"] = rewards.reshape(b)
             cache["rewards"] = (last, reward_cache)
-        return outputs, cache
+        return outputs, (cache if keep_cache else None)
 
     def backward(self, grads, cache):
         """Accumulate every parameter's gradient from the heads' upstream gradients.

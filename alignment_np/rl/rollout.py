@@ -232,12 +232,15 @@ def collect_rollout(
                                     missing_eos_penalty)
     p, mask = samples.prompt_length, samples.response_mask
     heads = ("logits", "values") if value_model is policy else ("logits",)
-    out, _ = response_forward(policy, samples.tokens, samples.attention_mask, p, temperature, heads, mask)
-    ref, _ = response_forward(reference, samples.tokens, samples.attention_mask, p, temperature, ("logits",), mask)
+    # Scoring only: no model keeps its layers' activations (keep_cache=False), as torch's no_grad.
+    out, _ = response_forward(policy, samples.tokens, samples.attention_mask, p, temperature, heads, mask,
+                              keep_cache=False)
+    ref, _ = response_forward(reference, samples.tokens, samples.attention_mask, p, temperature, ("logits",), mask,
+                              keep_cache=False)
     values = out.get("values")
     if value_model is not None and value_model is not policy:
         values = response_forward(value_model, samples.tokens, samples.attention_mask, p, temperature,
-                                  ("values",), mask)[0]["values"]
+                                  ("values",), mask, keep_cache=False)[0]["values"]
     fields = {k: getattr(samples, k) for k in Samples.__dataclass_fields__}
     return Rollout(**fields, logprobs=out["logps"], ref_logprobs=ref["logps"], raw_scores=raw, scores=scores,
                    values=values, temperature=temperature)

@@ -73,7 +73,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import as_array_of, get_array_module, to_numpy
-from ..checks import check_float, check_int
+from ..checks import check_bool, check_float, check_int
 from ..functional.logprobs import (
     sequence_logprobs_backward,
     sequence_logprobs_forward,
@@ -158,7 +158,7 @@ RESPONSE_HEADS = ("logits", "values")
 
 
 def response_forward(model, tokens, attention_mask, prompt_length, temperature=1.0, heads=("logits",),
-                     response_mask=None):
+                     response_mask=None, keep_cache=True):
     """Per-token log-probs (and values) of the N response tokens after a P-column prompt.
 
     model: a TinyGPT (``forward(idx, mask, heads)`` / ``backward(grads, cache)``).
@@ -173,6 +173,9 @@ def response_forward(model, tokens, attention_mask, prompt_length, temperature=1
         forward for both when the value head sits on the policy's trunk).
     response_mask: (B, N) of 0/1 or None. Where it is 0 (after a response's
         end) logps and values are returned as 0 and receive no gradient.
+    keep_cache: False to score only (a rollout): the model keeps no layer's
+        activations (``TinyGPT.forward(keep_cache=False)``) and the cache
+        returned is None.
 
     Returns (out, cache) with out a dict of new arrays in the model's dtype:
         "logps"   (B, N)    log_softmax(logits / tau)[token]  (with "logits")
@@ -185,10 +188,14 @@ def response_forward(model, tokens, attention_mask, prompt_length, temperature=1
     tokens, attention_mask, p, temperature, heads, response_mask = _check_response_inputs(
         model, tokens, attention_mask, prompt_length, temperature, heads, response_mask
     )
+    keep_cache = check_bool("keep_cache", keep_cache)
     xp = get_array_module(tokens)
     inputs = tokens[:, :-1]  # (B, P + N - 1): the last token is context for nothing
     mask = None if attention_mask is None else attention_mask[:, :-1]
-    outputs, model_cache = model.forward(inputs, mask, heads=heads)
+    if keep_cache:
+        outputs, model_cache = model.forward(inputs, mask, heads=heads)
+    else:
+        outputs, model_cache = model.forward(inputs, mask, heads=heads, keep_cache=False)
     out = {}
     cache = {"model": model, "model_cache": model_cache, "prompt_length": p, "temperature": temperature,
              "response_mask": response_mask, "input_shape": tuple(inputs.shape), "heads": heads}
@@ -204,7 +211,7 @@ def response_forward(model, tokens, attention_mask, prompt_length, temperature=1
         values = outputs["values"][:, p - 1:]  # (B, N)
         out["values"] = values.copy() if response_mask is None else xp.where(response_mask, values, 0).astype(
             values.dtype, copy=False)
-    return out, cache
+    return out, (cache if keep_cache else None)
 
 
 def response_backward(cache, d_logps=None, d_logits=None, d_values=None):
