@@ -287,7 +287,8 @@ class RewardLMTrainer:
         for lo in range(0, input_ids.shape[0], self.config.eval_batch_size):
             att = attention_mask[lo : lo + self.config.eval_batch_size]
             t = int(to_numpy(att.sum(axis=1)).max())
-            r, _ = self.model.forward(input_ids[lo : lo + len(att), :t], att[:, :t], heads=("rewards",))
+            r, _ = self.model.forward(input_ids[lo : lo + len(att), :t], att[:, :t], heads=("rewards",),
+                                      keep_cache=False)  # scoring only
             out.append(r["rewards"])
         return xp.concatenate(out)
 
@@ -400,7 +401,7 @@ class RewardLMTrainer:
         for lo in range(0, len(prompts), b):
             rows = collate_sft(list(zip(prompts[lo : lo + b], completions[lo : lo + b])), self.tokenizer, block)
             ids, mask = sequence_rows(rows)
-            r, _ = self.model.forward(ids, mask, heads=("rewards",))
+            r, _ = self.model.forward(ids, mask, heads=("rewards",), keep_cache=False)  # scoring only
             out.append(to_numpy(r["rewards"]).astype(np.float64))
         return np.concatenate(out)
 
