@@ -37,6 +37,8 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 from .checks import check_bool, check_float, check_int
+from .functional import parallel
+from .functional.workspace import empty
 from .nn.module import Parameter
 
 CHUNK = 1 << 15  # numbers per chunk of an optimiser step: 128 KiB of float32 per array
@@ -311,9 +313,16 @@ class AdamW(Optimizer):
             flat = self.flat
             m, v = self.flat_state["m"], self.flat_state["v"]
             n_decay = self._n_decay
-            for sl in _chunks(0, n_decay) + _chunks(n_decay, flat.size):
-                _adamw_update(flat.data[sl], flat.grad[sl], m[sl], v[sl], self._scratch[: sl.stop - sl.start],
-                              b1, b2, step_size, eps_hat, decay if sl.start < n_decay else None)
+            chunks = _chunks(0, n_decay) + _chunks(n_decay, flat.size)
+            xp = get_array_module(flat.data)
+
+            def update(i):  # chunks i, on one thread (functional/parallel.py), with scratch of its own
+                scratch = self._scratch if i.start == 0 else empty(self._scratch.shape, self._scratch.dtype, xp)
+                for sl in chunks[i]:
+                    _adamw_update(flat.data[sl], flat.grad[sl], m[sl], v[sl], scratch[: sl.stop - sl.start],
+                                  b1, b2, step_size, eps_hat, decay if sl.start < n_decay else None)
+
+            parallel.for_blocks(update, len(chunks), CHUNK, xp)
             return
         for p, m, v, decays in zip(self.params, self.state["m"], self.state["v"], self.decay_mask):
             buf = get_array_module(p.data).empty_like(p.data)

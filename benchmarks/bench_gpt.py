@@ -391,11 +391,14 @@ def worker_setup(side: str, threads: int) -> dict:
         info["allocator"] = "keep_freed_memory()" if keep_freed_memory() else "keep_freed_memory() had no effect"
     import numpy as np
 
+    from alignment_np.functional import parallel
+
     if threads:
         set_blas_threads(threads)
+        parallel.set_num_threads(threads)  # the library's own threads (functional/parallel.py) too
     blas = blas_info()
     info.update(numpy=np.__version__, blas_core=blas["corename"], blas_threads=blas["threads"],
-                coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
+                coretype_env=os.environ.get("OPENBLAS_CORETYPE"), numpy_threads=parallel.num_threads())
     if side == "torch":
         import torch
 
@@ -793,7 +796,8 @@ def main(argv=None) -> dict:
             Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=1))
     workers = results[0]["workers"]
     info = workers["numpy"]
-    header["numpy"] = (f"{info['numpy']}, OpenBLAS core type {info['blas_core']}, {info['blas_threads']} BLAS threads; "
+    header["numpy"] = (f"{info['numpy']}, OpenBLAS core type {info['blas_core']}, {info['blas_threads']} BLAS threads, "
+                       f"{info.get('numpy_threads', '?')} alignment_np threads; "
                        f"allocator {info['allocator']}; torch imported: {info['torch_imported']}")
     if "numpy-best" in workers:
         best = workers["numpy-best"]

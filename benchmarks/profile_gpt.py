@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--work", default="train", choices=list(bench_gpt.WORKLOADS))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--threads", type=int, default=0, help="OpenBLAS threads (default: its own)")
+    p.add_argument("--threads", type=int, default=0, help="OpenBLAS threads and alignment_np's own (default: their own defaults)")
     p.add_argument("--malloc", choices=["keep", "default"], default="default",
                    help="default: glibc's own settings, as a learner runs the package; keep: call "
                         "alignment_np.backend.keep_freed_memory() first (bench_gpt.py's best path)")
@@ -42,6 +42,9 @@ def main(argv=None):
 
     if args.threads:
         bench_gpt.set_blas_threads(args.threads)
+        from alignment_np.functional import parallel
+
+        parallel.set_num_threads(args.threads)
     if args.malloc == "keep":
         from alignment_np.backend import keep_freed_memory
 

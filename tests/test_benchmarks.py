@@ -40,7 +40,8 @@ def test_quick_run_from_the_command_line_numpy_only():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     # the NumPy worker ran as a learner runs it: no allocator call, torch never imported
-    assert re.search(r"- numpy: \S+, OpenBLAS core type \S+, \d+ BLAS threads; allocator glibc default; "
+    assert re.search(r"- numpy: \S+, OpenBLAS core type \S+, \d+ BLAS threads, \d+ alignment_np threads; "
+                     r"allocator glibc default; "
                      r"torch imported: False", out)
     # what the best path would set, and why, on every CPU (recommended or not)
     assert re.search(r"- openblas_coretype: (none recommended|SkylakeX recommended|OPENBLAS_CORETYPE=\S+ set by "

@@ -25,8 +25,10 @@ without any clipping: for very negative x, exp(-2u) overflows to +inf and
 s = 1 / inf = 0 exactly, the right limit; for very positive x it underflows
 to 0 and s = 1. So the kernel is finite for any finite float32 input.
 
-Speed: the elementwise passes over a (B*T, 4D) array are the cost (NumPy
-runs them on one core), so there are as few as possible: eight in forward
+Speed: the elementwise passes over a (B*T, 4D) array are the cost. A NumPy
+ufunc runs on one core, so the array is cut into one block per core and the
+blocks run on threads at once (``functional/parallel.py``: the same numbers,
+bit for bit). And there are as few passes as possible: eight in forward
 (exp the dearest), nine in backward. ``x**3`` on a float32 array goes
 through ``pow`` and is ~250x slower than ``x*x*x``; the constants are folded
 (k c x^2 + k, not c x^2 + 1 then times k); every intermediate is an array
@@ -41,6 +43,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from .parallel import for_blocks
 from .workspace import empty
 
 GELU_K = math.sqrt(2.0 / math.pi)
@@ -54,15 +57,24 @@ def gelu_forward(x):
     cache = (x, s) where s = (1 + tanh(k (x + c x^3))) / 2 is kept for the backward.
     """
     xp = get_array_module(x)
-    s = xp.multiply(x, x, out=empty(x.shape, x.dtype, xp))  # -2u = x (-2k c x^2 - 2k), in one buffer
-    s *= -2.0 * GELU_K * GELU_C
-    s -= 2.0 * GELU_K
-    s *= x
-    with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x: s = 1 / inf = 0, exactly right
-        xp.exp(s, out=s)
-    s += 1.0
-    xp.reciprocal(s, out=s)  # s = 1 / (1 + exp(-2u)) = (1 + tanh u) / 2
-    return xp.multiply(x, s, out=empty(x.shape, x.dtype, xp)), (x, s)
+    s = empty(x.shape, x.dtype, xp)
+    out = empty(x.shape, x.dtype, xp)
+    x1, s1, out1 = x.reshape(-1), s.reshape(-1), out.reshape(-1)  # flat views (x: a copy if strided)
+
+    def block(i):  # the numbers i of every array: see functional/parallel.py
+        xi, si = x1[i], s1[i]
+        xp.multiply(xi, xi, out=si)  # -2u = x (-2k c x^2 - 2k), in one buffer
+        si *= -2.0 * GELU_K * GELU_C
+        si -= 2.0 * GELU_K
+        si *= xi
+        with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x: s = 1 / inf = 0, exactly right
+            xp.exp(si, out=si)
+        si += 1.0
+        xp.reciprocal(si, out=si)  # s = 1 / (1 + exp(-2u)) = (1 + tanh u) / 2
+        xp.multiply(xi, si, out=out1[i])
+
+    for_blocks(block, x1.size, xp=xp)
+    return out, (x, s)
 
 
 def gelu_recompute(cache):
@@ -74,21 +86,32 @@ def gelu_recompute(cache):
     """
     x, s = cache
     xp = get_array_module(x)
-    return xp.multiply(x, s, out=empty(x.shape, x.dtype, xp))
+    out = empty(x.shape, x.dtype, xp)
+    x1, s1, out1 = x.reshape(-1), s.reshape(-1), out.reshape(-1)
+    for_blocks(lambda i: xp.multiply(x1[i], s1[i], out=out1[i]), x1.size, xp=xp)
+    return out
 
 
 def gelu_backward(dout, cache):
     """dL/dx of GELU. dout: same shape as x. cache: (x, s). Returns dx (new array)."""
     xp = get_array_module(dout)
     x, s = cache
-    # dx = [ s + 2 k x (1 + 3 c x^2) s (1 - s) ] * dout
-    a = xp.multiply(x, x, out=empty(x.shape, x.dtype, xp))
-    a *= 6.0 * GELU_K * GELU_C
-    a += 2.0 * GELU_K
-    a *= x  # 2 k x (1 + 3 c x^2)
-    s_1s = xp.multiply(s, s, out=empty(s.shape, s.dtype, xp))
-    xp.subtract(s, s_1s, out=s_1s)  # s (1 - s)
-    a *= s_1s
-    a += s
-    a *= dout
-    return a
+    dx = empty(x.shape, x.dtype, xp)
+    s_1s = empty(s.shape, s.dtype, xp)
+    x1, s1, dout1, dx1, s_1s1 = (a.reshape(-1) for a in (x, s, dout, dx, s_1s))
+
+    def block(i):
+        # dx = [ s + 2 k x (1 + 3 c x^2) s (1 - s) ] * dout
+        xi, si, a, b = x1[i], s1[i], dx1[i], s_1s1[i]
+        xp.multiply(xi, xi, out=a)
+        a *= 6.0 * GELU_K * GELU_C
+        a += 2.0 * GELU_K
+        a *= xi  # 2 k x (1 + 3 c x^2)
+        xp.multiply(si, si, out=b)
+        xp.subtract(si, b, out=b)  # s (1 - s)
+        a *= b
+        a += si
+        a *= dout1[i]
+
+    for_blocks(block, x1.size, xp=xp)
+    return dx

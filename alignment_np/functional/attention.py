@@ -88,6 +88,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from .parallel import for_blocks, num_threads
 from .workspace import empty, zeros
 
 # Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
@@ -147,22 +148,32 @@ def attention_bias(n_queries: int, n_keys: int, attention_mask, dtype):
     return xp.where(allowed, 0.0, -np.inf).astype(dtype)[:, None]
 
 
-def attention_tiles(b: int, n_head: int, t: int) -> list:
+def attention_tiles(b: int, n_head: int, t: int, n_groups: int = 1) -> list:
     """The tiles of a (B, H, T, T) causal score array: (b0, b1, q0, q1) per tile.
 
     Tile (b0, b1, q0, q1) holds the scores of batch rows [b0, b1), every head,
     queries [q0, q1) against keys [0, q1): nothing right of q1 (all masked) is
     in any tile. Query blocks have TILE_QUERIES rows (the last may be shorter);
     batch rows are grouped so a tile has about TILE_ELEMENTS scores (at least
-    one row). Within each group of rows the query blocks come in order.
+    one row), and into at least ``n_groups`` groups when there are that many
+    rows (the groups are independent: ``attention_forward`` runs them on
+    ``n_groups`` threads). Within each group of rows the query blocks come in order.
     """
     bq = min(TILE_QUERIES, t)
-    rows = max(1, min(b, TILE_ELEMENTS // (n_head * bq * t)))
+    rows = max(1, min(b, TILE_ELEMENTS // (n_head * bq * t), -(-b // n_groups)))
     return [
         (b0, min(b, b0 + rows), q0, min(t, q0 + bq))
         for b0 in range(0, b, rows)
         for q0 in range(0, t, bq)
     ]
+
+
+def _row_groups(tiles) -> list:
+    """The tiles' indices, grouped by their batch rows: [[i, ...] per (b0, b1)], in order."""
+    groups: dict = {}
+    for i, (b0, b1, _, _) in enumerate(tiles):
+        groups.setdefault((b0, b1), []).append(i)
+    return list(groups.values())
 
 
 def _split_heads(qkv, n_head: int):
@@ -250,32 +261,44 @@ def attention_forward(qkv, n_head: int, attention_mask=None, bias=None):
     q, k, v = _split_heads(qkv, n_head)
     if bias is None and attention_mask is not None:
         bias = attention_bias(t, t, attention_mask, qkv.dtype)
-    # k^T / sqrt(hd), contiguous (B, H, hd, T): the copy BLAS wants anyway
-    # also applies the scale, so S = q (k^T / sqrt(hd)) needs no extra pass
-    k_t = empty((b, n_head, hd, t), qkv.dtype, xp)
-    xp.multiply(_contiguous_heads(k).swapaxes(-1, -2), scale, out=k_t)
-    v_ones = _ones_column(v)  # (B, H, T, hd + 1) = [v, 1]
     e_v = empty((b, n_head, t, hd + 1), qkv.dtype, xp)  # [E v, l] of every query
-    tiles = attention_tiles(b, n_head, t)
-    exp_scores = []
-    for b0, b1, q0, q1 in tiles:
-        rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
-        e = xp.matmul(q[rows, :, queries], k_t[rows, :, :, keys],  # scores S, ours
-                      out=empty((b1 - b0, n_head, q1 - q0, q1), qkv.dtype, xp))
-        if bias is None:  # causal only: the keys before q0 are all visible
-            e[..., queries] += causal_bias(q1 - q0, q1 - q0, e.dtype, xp)
-        elif bias.ndim == 4:  # (B, 1, T, T): a padding mask
-            e += bias[rows, :, queries, keys]
-        else:  # (T, T)
-            e += bias[queries, keys]
-        e -= e.max(axis=-1, keepdims=True)  # every exponent <= 0
-        xp.exp(e, out=e)  # E, unnormalised
-        _matmul_into(e, v_ones[rows, :, keys], e_v[rows, :, queries])  # [E v, l]
-        exp_scores.append(e)
-    inv_sums = xp.divide(1.0, e_v[..., hd:])  # r = 1 / l (B, H, T, 1)
+    inv_sums = empty((b, n_head, t, 1), qkv.dtype, xp)  # r = 1 / l
     out = empty((b, t, d), qkv.dtype, xp)
     y = _merge_view(out, n_head)  # (B, H, T, hd) view of out
-    xp.multiply(_token_major(e_v[..., :hd]), _token_major(inv_sums), out=_token_major(y))  # P v
+    tiles = attention_tiles(b, n_head, t, num_threads())
+    exp_scores = [None] * len(tiles)
+    groups = _row_groups(tiles)
+
+    def run_groups(i):  # groups of batch rows i, each on its own rows: see functional/parallel.py
+        for tile_ids in groups[i]:
+            b0, b1 = tiles[tile_ids[0]][:2]
+            rows = slice(b0, b1)
+            # k^T / sqrt(hd) of these rows, contiguous (rows, H, hd, T): the copy
+            # BLAS wants anyway also applies the scale, so S = q (k^T / sqrt(hd))
+            # needs no extra pass
+            k_t = _contiguous_heads(k[rows]).swapaxes(-1, -2)
+            k_t = xp.multiply(k_t, scale, out=empty(k_t.shape, qkv.dtype, xp))
+            v_ones = _ones_column(v[rows])  # (rows, H, T, hd + 1) = [v, 1]
+            for j in tile_ids:
+                q0, q1 = tiles[j][2:]
+                queries, keys = slice(q0, q1), slice(0, q1)
+                e = xp.matmul(q[rows, :, queries], k_t[..., keys],  # scores S, ours
+                              out=empty((b1 - b0, n_head, q1 - q0, q1), qkv.dtype, xp))
+                if bias is None:  # causal only: the keys before q0 are all visible
+                    e[..., queries] += causal_bias(q1 - q0, q1 - q0, e.dtype, xp)
+                elif bias.ndim == 4:  # (B, 1, T, T): a padding mask
+                    e += bias[rows, :, queries, keys]
+                else:  # (T, T)
+                    e += bias[queries, keys]
+                e -= e.max(axis=-1, keepdims=True)  # every exponent <= 0
+                xp.exp(e, out=e)  # E, unnormalised
+                _matmul_into(e, v_ones[:, :, keys], e_v[rows, :, queries])  # [E v, l]
+                exp_scores[j] = e
+            xp.divide(1.0, e_v[rows, ..., hd:], out=inv_sums[rows])  # r = 1 / l
+            xp.multiply(_token_major(e_v[rows, ..., :hd]), _token_major(inv_sums[rows]),
+                        out=_token_major(y[rows]))  # P v
+
+    for_blocks(run_groups, len(groups), b * n_head * t * t // len(groups), xp)
     cache = {"q": q, "k": k, "v": v, "exp_scores": exp_scores, "inv_sums": inv_sums,
              "tiles": tiles, "out": out, "scale": scale}
     return out, cache
@@ -306,38 +329,48 @@ def attention_backward(dout, cache):
     inv_sums, scale = cache["inv_sums"], cache["scale"]
     b, n_head, t, hd = q.shape
     d = n_head * hd
-    # D_i = rowsum(dP * P) = dy_i . y_i per (row, head, query): (B, H, T, 1)
-    rowsum = xp.einsum("bthd,bthd->bht", dout.reshape(b, t, n_head, hd),
-                       out.reshape(b, t, n_head, hd))[..., None]
-    # g = [r dy, -r D] (B, H, T, hd + 1) against [v^T; 1] / sqrt(hd) (B, H, hd + 1, T):
-    # E * (g @ that) = P * (dP - D) / sqrt(hd) = dS / sqrt(hd), the scale that
-    # dq = (dS / sqrt(hd)) k and dk = (dS / sqrt(hd))^T q both need
+    dy_heads = dout.reshape(b, t, n_head, hd)  # (B, T, H, hd), the memory order of dout
+    out_heads = out.reshape(b, t, n_head, hd)
     g = empty((b, n_head, t, hd + 1), dout.dtype, xp)
     r_dy = g[..., :hd]
-    xp.multiply(_token_major(_merge_view(dout, n_head)), _token_major(inv_sums),
-                out=_token_major(r_dy))
-    xp.multiply(rowsum, inv_sums, out=g[..., hd:])
-    xp.negative(g[..., hd:], out=g[..., hd:])
-    v_t_ones = _transposed_ones_row(v, scale)  # (B, H, hd + 1, T)
     dqkv = empty((b, t, 3 * d), dout.dtype, xp)
     dq, dk, dv = _split_heads(dqkv, n_head)  # views we write into
-    # The last query block of a group of rows sees every key: visiting the
-    # tiles backwards writes dk and dv for all T keys first; the earlier
-    # blocks then add into the keys they see.
-    for (b0, b1, q0, q1), e in zip(reversed(cache["tiles"]), reversed(cache["exp_scores"])):
-        rows, queries, keys = slice(b0, b1), slice(q0, q1), slice(0, q1)
-        ds = xp.matmul(g[rows, :, queries], v_t_ones[rows, :, :, keys],  # r (dP - D) / sqrt(hd)
-                       out=empty(e.shape, dout.dtype, xp))
-        ds *= e  # dS / sqrt(hd)
-        _matmul_into(ds, k[rows, :, keys], dq[rows, :, queries])  # dq = dS k / sqrt(hd)
-        e_t, ds_t = e.swapaxes(-1, -2), ds.swapaxes(-1, -2)
-        if q1 == t:  # first visit of these rows: write
-            _matmul_into(e_t, r_dy[rows, :, queries], dv[rows])  # dv = P^T dy
-            _matmul_into(ds_t, q[rows, :, queries], dk[rows])  # dk = dS^T q / sqrt(hd)
-        else:  # keys [0, q1) already hold the later blocks' share: add
-            part = empty((b1 - b0, n_head, q1, hd), dout.dtype, xp)
-            dv[rows, :, keys] += xp.matmul(e_t, r_dy[rows, :, queries], out=part)
-            dk[rows, :, keys] += xp.matmul(ds_t, q[rows, :, queries], out=part)
+    tiles, exp_scores = cache["tiles"], cache["exp_scores"]
+    groups = _row_groups(tiles)
+
+    def run_groups(i):  # groups of batch rows i: each writes only its own rows of dqkv
+        for tile_ids in groups[i]:
+            b0, b1 = tiles[tile_ids[0]][:2]
+            rows = slice(b0, b1)
+            # D_i = rowsum(dP * P) = dy_i . y_i per (row, head, query): (rows, H, T, 1)
+            rowsum = xp.einsum("bthd,bthd->bht", dy_heads[rows], out_heads[rows])[..., None]
+            # g = [r dy, -r D] (B, H, T, hd + 1) against [v^T; 1] / sqrt(hd) (B, H, hd + 1, T):
+            # E * (g @ that) = P * (dP - D) / sqrt(hd) = dS / sqrt(hd), the scale that
+            # dq = (dS / sqrt(hd)) k and dk = (dS / sqrt(hd))^T q both need
+            xp.multiply(dy_heads[rows], _token_major(inv_sums[rows]), out=_token_major(r_dy[rows]))
+            xp.multiply(rowsum, inv_sums[rows], out=g[rows, ..., hd:])
+            xp.negative(g[rows, ..., hd:], out=g[rows, ..., hd:])
+            v_t_ones = _transposed_ones_row(v[rows], scale)  # (rows, H, hd + 1, T)
+            # The last query block of a group of rows sees every key: visiting the
+            # tiles backwards writes dk and dv for all T keys first; the earlier
+            # blocks then add into the keys they see.
+            for j in reversed(tile_ids):
+                (q0, q1), e = tiles[j][2:], exp_scores[j]
+                queries, keys = slice(q0, q1), slice(0, q1)
+                ds = xp.matmul(g[rows, :, queries], v_t_ones[..., keys],  # r (dP - D) / sqrt(hd)
+                               out=empty(e.shape, dout.dtype, xp))
+                ds *= e  # dS / sqrt(hd)
+                _matmul_into(ds, k[rows, :, keys], dq[rows, :, queries])  # dq = dS k / sqrt(hd)
+                e_t, ds_t = e.swapaxes(-1, -2), ds.swapaxes(-1, -2)
+                if q1 == t:  # first visit of these rows: write
+                    _matmul_into(e_t, r_dy[rows, :, queries], dv[rows])  # dv = P^T dy
+                    _matmul_into(ds_t, q[rows, :, queries], dk[rows])  # dk = dS^T q / sqrt(hd)
+                else:  # keys [0, q1) already hold the later blocks' share: add
+                    part = empty((b1 - b0, n_head, q1, hd), dout.dtype, xp)
+                    dv[rows, :, keys] += xp.matmul(e_t, r_dy[rows, :, queries], out=part)
+                    dk[rows, :, keys] += xp.matmul(ds_t, q[rows, :, queries], out=part)
+
+    for_blocks(run_groups, len(groups), b * n_head * t * t // len(groups), xp)
     return dqkv
 
 

@@ -24,8 +24,10 @@ row once, ~6x faster than NumPy's single-threaded ``sum(axis=-1)`` on rows of
 a few hundred numbers. ``mean(g)`` and ``mean(g * xhat)`` are the row sums of
 ``dout * gamma`` and ``(dout * xhat) * gamma``, i.e. ``dout @ gamma`` and
 ``(dout * xhat) @ gamma``, and ``dout * xhat`` is needed anyway for
-``dgamma``. The (N, D) passes left: five in forward, six in backward, each on
-an array this kernel allocated (``out=`` and in-place operators) from
+``dgamma``. The (N, D) passes left: five in forward, six in backward. They
+run on every core, one block of rows per thread (``functional/parallel.py``:
+the row sums stay on BLAS, outside the blocks), each on an array this kernel
+allocated (``out=`` and in-place operators) from
 ``workspace.empty``, which reuses the previous step's memory.
 """
 
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from .linear import rowwise
+from . import parallel
+from .parallel import for_blocks
 from .workspace import empty
 
 LAYERNORM_EPS = 1e-5
@@ -49,17 +53,24 @@ def layernorm_forward(x, gamma, beta, eps: float = LAYERNORM_EPS):
     x2 = x.reshape(-1, d)  # (N, D), N = B*T: a view when x is contiguous
     n = x2.shape[0]
     inv_d = xp.full(d, 1.0 / d, dtype=x.dtype)
-    mu = xp.matmul(x2, inv_d)  # (N,) row means, on BLAS
-    xhat = xp.subtract(x2, mu[:, None], out=empty((n, d), x.dtype, xp))  # normalised in place below
-    out = xp.multiply(xhat, xhat, out=empty((n, d), x.dtype, xp))  # (x - mu)^2, then ``out``
-    var = xp.matmul(out, inv_d)  # (N,) biased variance
-    var += eps
-    rstd = xp.sqrt(var, out=var)
-    xp.divide(1.0, rstd, out=rstd)
-    rstd = rstd[:, None]  # (N, 1)
-    xhat *= rstd
-    rowwise(xp.multiply, xhat, gamma, out)  # out = xhat * gamma
-    rowwise(xp.add, out, beta, out)  # out += beta
+    xhat = empty((n, d), x.dtype, xp)  # x - mu, normalised in place below
+    out = empty((n, d), x.dtype, xp)  # (x - mu)^2, then ``out``
+    rstd = xp.empty((n, 1), dtype=x.dtype)
+
+    def block(i):  # rows i, on one thread: see functional/parallel.py
+        xhat_i, out_i, rstd_i = xhat[i], out[i], rstd[i, 0]  # views: in-place operators write through
+        mu = xp.matmul(x2[i], inv_d)[:, None]  # row means, on BLAS
+        xp.subtract(x2[i], mu, out=xhat_i)
+        xp.multiply(xhat_i, xhat_i, out=out_i)
+        xp.matmul(out_i, inv_d, out=rstd_i)  # biased variance
+        rstd_i += eps
+        xp.sqrt(rstd_i, out=rstd_i)
+        xp.divide(1.0, rstd_i, out=rstd_i)
+        xhat_i *= rstd[i]
+        rowwise(xp.multiply, xhat_i, gamma, out_i)  # out = xhat * gamma
+        rowwise(xp.add, out_i, beta, out_i)  # out += beta
+
+    for_blocks(block, n, d, xp)
     lead = x.shape[:-1]
     return out.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1), gamma)
 
@@ -75,18 +86,26 @@ def layernorm_backward(dout, cache):
     d = gamma.shape[0]
     dout2 = dout.reshape(-1, d)  # (N, D), N = B*T
     xhat2 = xhat.reshape(-1, d)
+    rstd2 = rstd.reshape(-1, 1)
     n = dout2.shape[0]
     ones = xp.ones(n, dtype=dout.dtype)
-    dout_xhat = xp.multiply(dout2, xhat2, out=empty((n, d), dout.dtype, xp))  # (N, D)
-    dgamma = xp.matmul(ones, dout_xhat)  # column sums, on BLAS
-    dbeta = xp.matmul(ones, dout2)
-    mean_g = xp.matmul(dout2, gamma)  # (N,)  = sum(g) per row
-    mean_g /= d
-    mean_gx = xp.matmul(dout_xhat, gamma)  # (N,) = sum(g * xhat) per row
-    mean_gx /= d
-    dx = rowwise(xp.multiply, dout2, gamma, empty((n, d), dout.dtype, xp))  # g = dout * gamma, ours
-    dx -= mean_g[:, None]
-    tmp = xp.multiply(xhat2, mean_gx[:, None], out=dout_xhat)  # reuse our buffer
-    dx -= tmp
-    dx *= rstd.reshape(-1, 1)
+    dout_xhat = empty((n, d), dout.dtype, xp)  # (N, D)
+    dx = empty((n, d), dout.dtype, xp)
+
+    def block(i):  # rows i, on one thread: see functional/parallel.py
+        dx_i, dout_xhat_i = dx[i], dout_xhat[i]  # views: in-place operators write through
+        xp.multiply(dout2[i], xhat2[i], out=dout_xhat_i)
+        mean_g = xp.matmul(dout2[i], gamma)[:, None]  # = sum(g) per row, on BLAS
+        mean_g /= d
+        mean_gx = xp.matmul(dout_xhat_i, gamma)[:, None]  # = sum(g * xhat) per row
+        mean_gx /= d
+        rowwise(xp.multiply, dout2[i], gamma, dx_i)  # g = dout * gamma
+        dx_i -= mean_g
+        dx_i -= xp.multiply(xhat2[i], mean_gx, out=empty(dx_i.shape, dx_i.dtype, xp))
+        dx_i *= rstd2[i]
+
+    for_blocks(block, n, d, xp)
+    # the column sums over every row, on BLAS after the blocks (a reduction across them)
+    dgamma = parallel.matmul(ones, dout_xhat, xp.empty(d, dtype=dout.dtype))  # split by columns
+    dbeta = parallel.matmul(ones, dout2, xp.empty(d, dtype=dout.dtype))
     return dx.reshape(xhat.shape), dgamma, dbeta

@@ -27,6 +27,7 @@ temporary.
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import parallel
 from .workspace import empty
 
 _ROWWISE_WIDTH = 8192  # numbers per inner loop in ``rowwise``
@@ -67,9 +68,13 @@ def linear_forward(x, w, b=None):
     d_in, d_out = w.shape
     x2 = x.reshape(-1, d_in)  # a view when x is contiguous: no copy
     out = empty((x2.shape[0], d_out), xp.result_type(x2, w), xp)  # (B*T, Dout): ours to add into
-    xp.matmul(x2, w, out=out)
-    if b is not None:
-        rowwise(xp.add, out, b, out)  # out += b
+
+    def block(i):  # rows i, on one thread: see functional/parallel.py
+        xp.matmul(x2[i], w, out=out[i])
+        if b is not None:
+            rowwise(xp.add, out[i], b, out[i])  # out += b
+
+    parallel.for_blocks(block, x2.shape[0], d_in * d_out, xp, parallel.MIN_MATMUL)
     return out.reshape(*x.shape[:-1], d_out), (x, w, b is not None)
 
 
@@ -84,7 +89,9 @@ def linear_backward(dout, cache):
     d_in, d_out = w.shape
     g = dout.reshape(-1, d_out)  # (B*T, Dout)
     x2 = x.reshape(-1, d_in)
-    dx = xp.matmul(g, w.T, out=empty((g.shape[0], d_in), xp.result_type(g, w), xp))
-    dw = xp.matmul(x2.T, g, out=empty((d_in, d_out), xp.result_type(x2, g), xp))
-    db = xp.matmul(xp.ones(g.shape[0], dtype=g.dtype), g) if has_bias else None  # sum_rows(G)
+    dx = parallel.matmul(g, w.T, empty((g.shape[0], d_in), xp.result_type(g, w), xp))
+    dw = parallel.matmul(x2.T, g, empty((d_in, d_out), xp.result_type(x2, g), xp))  # rows of dw: columns of X
+    db = None
+    if has_bias:  # sum_rows(G)
+        db = parallel.matmul(xp.ones(g.shape[0], dtype=g.dtype), g, empty((d_out,), g.dtype, xp))
     return dx.reshape(x.shape), dw, db

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..backend import as_array_of, get_array_module
 from ..checks import check_bool
+from ..functional import parallel
 from ..functional.attention import attention_bias, empty_kv_cache
 from ..functional.embedding import embedding_backward, embedding_forward
 from ..functional.workspace import empty
@@ -131,6 +132,7 @@ class TinyGPT(Module):
 
     # ------------------------------------------------------------------ trunk
 
+    @parallel.single_threaded_blas  # the products on this library's threads: functional/parallel.py
     def trunk_forward(self, idx, attention_mask=None, keep_cache=True):
         """Embeddings, blocks and the final LayerNorm (inputs already validated).
 
@@ -160,6 +162,7 @@ class TinyGPT(Module):
             return h, None
         return h, {"tok": tok_cache, "pos": pos, "blocks": block_caches, "ln_f": ln_f_cache}
 
+    @parallel.single_threaded_blas  # the products on this library's threads: functional/parallel.py
     def trunk_backward(self, dh, cache):
         """Backward through the trunk: dh (B, T, D) = dL/dh. Accumulates grads; returns None."""
         dx = self.ln_f.backward(dh, cache["ln_f"])
@@ -173,6 +176,7 @@ class TinyGPT(Module):
 
     # ------------------------------------------------------------------ model
 
+    @parallel.single_threaded_blas  # the products on this library's threads: functional/parallel.py
     def forward(self, idx, attention_mask=None, heads=("logits",), keep_cache=True):
         """Run the model and the requested heads.
 
@@ -200,7 +204,7 @@ class TinyGPT(Module):
         outputs, cache = {}, {"trunk": trunk_cache, "h": h, "heads": heads}
         if "logits" in heads:  # tied head: logits = h @ wte.T, one (B*T, D) x (D, V) GEMM
             v = self.config.vocab_size
-            logits = xp.matmul(h.reshape(-1, d), self.wte.data.T, out=empty((b * t, v), h.dtype, xp))
+            logits = parallel.matmul(h.reshape(-1, d), self.wte.data.T, empty((b * t, v), h.dtype, xp))
             outputs["logits"] = logits.reshape(b, t, v)
         if "values" in heads:
             values, cache["values"] = self.value_head.forward(h)
@@ -212,6 +216,7 @@ class TinyGPT(Module):
             cache["rewards"] = (last, reward_cache)
         return outputs, (cache if keep_cache else None)
 
+    @parallel.single_threaded_blas  # the products on this library's threads: functional/parallel.py
     def backward(self, grads, cache):
         """Accumulate every parameter's gradient from the heads' upstream gradients.
 
@@ -228,9 +233,9 @@ class TinyGPT(Module):
             dlogits = grads["logits"].reshape(-1, self.config.vocab_size)  # (B*T, V)
             h2 = h.reshape(-1, d)
             share = empty(self.wte.grad.shape, self.wte.grad.dtype, xp)
-            self.wte.grad += xp.matmul(dlogits.T, h2, out=share)  # the head's share of wte
+            self.wte.grad += parallel.matmul(dlogits.T, h2, share)  # the head's share of wte
             dh = empty(h2.shape, xp.result_type(dlogits, self.wte.data), xp)
-            dh = xp.matmul(dlogits, self.wte.data, out=dh).reshape(b, t, d)
+            dh = parallel.matmul(dlogits, self.wte.data, dh).reshape(b, t, d)
         if "values" in grads:
             dh_v = self.value_head.backward(grads["values"].reshape(b, t, 1), cache["values"])
             dh = dh_v if dh is None else xp.add(dh, dh_v, out=dh)

@@ -1,0 +1,272 @@
+"""The library's own threads (functional/parallel.py): the same numbers on one thread or several.
+
+The suite runs on one thread (conftest.py); each test here switches to several
+for its own duration and compares every kernel that cuts its work into blocks
+with the same kernel on one thread. Elementwise blocks (GELU) must agree bit
+for bit: each number is computed by the same operations on the same inputs,
+only on another thread. Where a block calls BLAS on its rows (products,
+LayerNorm's row sums) the numbers may differ in their last bits, because
+OpenBLAS picks its kernel by the size of a product; those are compared in
+float64 to 1e-12 relative to the largest entry, i.e. rounding and nothing
+more. The shapes are large enough to be cut (``MIN_ELEMENTS``,
+``MIN_MATMUL``); ``test_the_shapes_here_are_cut`` checks that.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from alignment_np.functional import parallel, workspace
+from alignment_np.functional.activations import gelu_backward, gelu_forward, gelu_recompute
+from alignment_np.functional.attention import (
+    attention_backward,
+    attention_bias,
+    attention_forward,
+    attention_tiles,
+)
+from alignment_np.functional.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from alignment_np.functional.layernorm import layernorm_backward, layernorm_forward
+from alignment_np.functional.linear import linear_backward, linear_forward
+from alignment_np.nn.gpt import GPTConfig, TinyGPT
+from alignment_np.optim import AdamW
+
+
+@pytest.fixture
+def threads():
+    """Run a test's body with n threads: threads(n) sets it; the suite's count is restored after."""
+    old = parallel.num_threads()
+    yield parallel.set_num_threads
+    parallel.set_num_threads(old)
+
+
+def on(n, fn, *args):
+    """fn(*args) with n threads; every array in the result copied out of the workspace."""
+    parallel.set_num_threads(n)
+
+    def copy(x):
+        if isinstance(x, np.ndarray):
+            return x.copy()
+        if isinstance(x, (tuple, list)):
+            return type(x)(copy(v) for v in x)
+        if isinstance(x, dict):
+            return {k: copy(v) for k, v in x.items()}
+        return x
+
+    return copy(fn(*args))
+
+
+def assert_same(a, b, rounding=False):
+    """Equal arrays (bit for bit), or with rounding=True equal to 1e-12 of each array's largest entry."""
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y, rounding)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k], rounding)
+    elif isinstance(a, np.ndarray) and rounding:
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * max(1.0, float(np.abs(a).max())))
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    else:
+        assert a == b
+
+
+RNG = np.random.default_rng(0)
+N, D = 512, 256  # 2^17 numbers: cut in two
+
+
+def randn(*shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def test_the_shapes_here_are_cut():
+    assert len(parallel.blocks(N, D, n_threads=2)) == 2
+    assert len(parallel.blocks(N * D, 1, n_threads=4)) == 2  # no block under MIN_ELEMENTS
+    assert len(parallel.blocks(N, 4 * D * D, n_threads=2, min_size=parallel.MIN_MATMUL)) == 2
+    assert len(parallel.blocks(8, 4 * D * D, n_threads=2, min_size=parallel.MIN_MATMUL)) == 1
+    assert len(attention_tiles(8, 4, 128, n_groups=2)) == 2 * len(attention_tiles(8, 4, 128, 1))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 100])
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 8])
+def test_blocks_cover_the_range_once_in_order(n, n_threads):
+    parts = parallel.blocks(n, parallel.MIN_ELEMENTS, n_threads=n_threads)
+    assert 1 <= len(parts) <= max(1, min(n_threads, n))
+    covered = [i for part in parts for i in range(n)[part]]
+    assert covered == list(range(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu(threads, dtype):
+    x, dout = randn(N, 4 * D // 4, 4, dtype=dtype), randn(N, 4 * D // 4, 4, dtype=dtype)
+    run = lambda: (lambda out, cache: (out, gelu_recompute(cache), gelu_backward(dout, cache)))(
+        *gelu_forward(x))
+    assert_same(on(1, run), on(2, run))
+
+
+def test_layernorm(threads):
+    x, dout = randn(4, N // 4, D), randn(4, N // 4, D)
+    gamma, beta = randn(D), randn(D)
+    run = lambda: (lambda out, cache: (out, cache, layernorm_backward(dout, cache)))(
+        *layernorm_forward(x, gamma, beta))
+    assert_same(on(1, run), on(3, run), rounding=True)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(threads, bias):
+    x, w, b = randn(N, D), randn(D, 3 * D), randn(3 * D) if bias else None
+    dout = randn(N, 3 * D)
+    run = lambda: (lambda out, cache: (out, linear_backward(dout, cache)))(*linear_forward(x, w, b))
+    assert_same(on(1, run), on(2, run), rounding=True)
+    assert_same(on(1, run), on(4, run), rounding=True)
+
+
+@pytest.mark.parametrize("mask", [None, "left"])
+def test_attention(threads, mask):
+    b, t, d, h = 8, 128, 64, 4
+    qkv, dout = randn(b, t, 3 * d), randn(b, t, d)
+    attention_mask = None
+    if mask == "left":
+        attention_mask = np.ones((b, t), dtype=np.int64)
+        attention_mask[::2, :17] = 0
+
+    def run():
+        bias = None if attention_mask is None else attention_bias(t, t, attention_mask, qkv.dtype)
+        out, cache = attention_forward(qkv, h, attention_mask, bias)
+        return out, cache["inv_sums"], attention_backward(dout, cache)
+
+    assert_same(on(1, run), on(2, run), rounding=True)
+
+
+def test_a_train_step_of_the_model_and_adamw(threads):
+    """Forward, cross-entropy, backward and AdamW, three steps: the same weights on 1 and 2 threads."""
+    config = GPTConfig(vocab_size=96, block_size=128, n_layer=2, n_head=4, d_model=128, dtype="float64")
+    rng = np.random.default_rng(3)
+    idx, targets = rng.integers(0, 96, (8, 128)), rng.integers(0, 96, (8, 128))
+
+    def run():
+        model = TinyGPT(config, seed=0)
+        opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        for _ in range(3):
+            outputs, cache = model.forward(idx)
+            loss, ce_cache = cross_entropy_forward(outputs["logits"], targets)
+            model.backward({"logits": cross_entropy_backward(1.0, ce_cache)}, cache)
+            opt.step()
+            opt.zero_grad()
+        return np.float64(loss), [p.data for p in model.parameters()]
+
+    one, two = on(1, run), on(2, run)
+    assert abs(one[0] - two[0]) < 1e-12
+    assert_same(one[1], two[1], rounding=True)
+
+
+def test_an_error_in_any_block_is_raised_after_every_block_ended(threads):
+    threads(2)
+    done = []
+
+    def fn(part):
+        done.append(part)
+        if part.start > 0:
+            raise ValueError("from the worker")
+
+    with pytest.raises(ValueError, match="from the worker"):
+        parallel.for_blocks(fn, 4, parallel.MIN_ELEMENTS)
+    assert len(done) == 2
+    parallel.for_blocks(lambda part: done.append(part), 4, parallel.MIN_ELEMENTS)  # still works
+    assert len(done) == 4
+
+
+def test_a_for_blocks_inside_a_block_runs_inline(threads):
+    threads(2)
+    seen = []
+
+    def inner(part):
+        seen.append(part)
+
+    parallel.for_blocks(lambda part: parallel.for_blocks(inner, 4, parallel.MIN_ELEMENTS), 2,
+                        parallel.MIN_ELEMENTS)
+    assert sorted((p.start, p.stop) for p in seen) == [(0, 4), (0, 4)]  # each inner: one block
+
+
+def test_blas_threads_are_restored_after_a_region(threads):
+    calls = parallel._openblas_calls()
+    if not calls:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this module can reach")
+    get, set_ = calls
+    old = get()
+    try:
+        set_(2)
+        threads(2)
+        with parallel.blas_single_threaded():
+            assert get() == 1
+            with parallel.blas_single_threaded():  # nested: the outer one restores
+                assert get() == 1
+            assert get() == 1
+        assert get() == 2
+        threads(1)  # one thread: BLAS is left alone
+        with parallel.blas_single_threaded():
+            assert get() == 2
+    finally:
+        set_(old)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_refuses_non_positive_ints(value):
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        parallel.set_num_threads(value)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [({"ALIGNMENT_NP_NUM_THREADS": "3"}, "3"), ({"OMP_NUM_THREADS": "1"}, "1"),
+     ({"ALIGNMENT_NP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "1"}, "2"),
+     ({"ALIGNMENT_NP_NUM_THREADS": "zero"}, "ValueError: ALIGNMENT_NP_NUM_THREADS: expected a positive int")],
+)
+def test_the_thread_count_comes_from_the_environment(env, expected):
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ALIGNMENT_NP_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    code = ("from alignment_np.functional import parallel\n"
+            "try:\n    print(parallel.num_threads())\n"
+            "except ValueError as e:\n    print('ValueError:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().startswith(expected)
+
+
+def test_a_steady_threaded_step_allocates_nothing_large(threads):
+    """As on one thread (test_workspace.py): the blocks' arrays come from the pool too."""
+    threads(2)
+    config = GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=64)
+    model = TinyGPT(config, seed=0)
+    opt = AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 64, (16, 64)), rng.integers(0, 64, (16, 64))
+
+    def step():
+        outputs, cache = model.forward(idx)
+        _, ce_cache = cross_entropy_forward(outputs["logits"], targets)
+        model.backward({"logits": cross_entropy_backward(1.0, ce_cache)}, cache)
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(2):
+        step()
+    pooled = workspace.stats()
+    tracemalloc.start()
+    try:
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    after = workspace.stats()
+    assert after["buffers"] == pooled["buffers"] and after["bytes"] == pooled["bytes"]
+    assert peak < pooled["bytes"] / 20
