@@ -66,6 +66,8 @@ import _thread
 import os
 import threading
 
+import numpy as np
+
 from ..backend import get_array_module
 
 __all__ = [
@@ -276,13 +278,12 @@ def for_blocks(fn, n: int, size_per_item: int = 1, xp=None, min_size: int = MIN_
     xp: the array module of the data; anything but NumPy runs fn(slice(0, n)).
     An exception in any block is raised here, after every block has ended.
     """
-    if (xp is not None and xp.__name__ != "numpy") or getattr(_local, "inside", False):
+    n_threads = _threads or num_threads()
+    if (n_threads == 1 or n < 2 or n * size_per_item < 2 * min_size  # too small to cut: at once
+            or (xp is not None and xp is not np) or getattr(_local, "inside", False)):
         fn(slice(0, n))
         return
-    parts = blocks(n, size_per_item, min_size=min_size)
-    if len(parts) == 1:
-        fn(parts[0])
-        return
+    parts = blocks(n, size_per_item, n_threads, min_size)
     workers = _get_workers(len(parts) - 1)
     with blas_single_threaded():
         for worker, part in zip(workers, parts[1:]):
