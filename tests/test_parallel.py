@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import numpy as np
@@ -185,6 +186,33 @@ def test_an_error_in_any_block_is_raised_after_every_block_ended(threads):
     assert len(done) == 4
 
 
+def test_callers_on_several_threads_of_their_own_get_their_own_results(threads):
+    """Two threads of the user's run the model at once while the library uses its workers:
+    each gets the numbers of a one-thread run (the second caller runs its blocks itself)."""
+    config = GPTConfig(vocab_size=32, block_size=64, n_layer=2, n_head=4, d_model=128, dtype="float64")
+    model = TinyGPT(config, seed=1)
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 32, (16, 64)) for _ in range(3)]
+    threads(1)
+    expected = [model.forward(b)[0]["logits"].copy() for b in batches]
+    threads(2)
+    results = [[] for _ in batches]
+
+    def run(i):
+        for _ in range(4):
+            results[i].append(model.forward(batches[i])[0]["logits"].copy())
+
+    callers = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    for got, want in zip(results, expected):
+        assert len(got) == 4
+        for logits in got:
+            assert_same(logits, want, rounding=True)
+
+
 def test_a_for_blocks_inside_a_block_runs_inline(threads):
     threads(2)
     seen = []
@@ -243,7 +271,13 @@ def test_the_thread_count_comes_from_the_environment(env, expected):
 
 
 def test_a_steady_threaded_step_allocates_nothing_large(threads):
-    """As on one thread (test_workspace.py): the blocks' arrays come from the pool too."""
+    """As on one thread (test_workspace.py): the blocks' arrays come from the pool too.
+
+    One difference: the blocks on two threads take and free buffers in an order
+    that varies from step to step, so the most buffers alive at once can grow by
+    one when an interleaving comes up for the first time. So this asserts that
+    NumPy itself allocates little during a step, and that three more steps add
+    at most one buffer to the pool, rather than none."""
     threads(2)
     config = GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=64)
     model = TinyGPT(config, seed=0)
@@ -258,15 +292,16 @@ def test_a_steady_threaded_step_allocates_nothing_large(threads):
         opt.step()
         opt.zero_grad()
 
-    for _ in range(2):
+    for _ in range(4):
         step()
     pooled = workspace.stats()
     tracemalloc.start()
     try:
-        step()
+        for _ in range(3):
+            step()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     after = workspace.stats()
-    assert after["buffers"] == pooled["buffers"] and after["bytes"] == pooled["bytes"]
+    assert pooled["buffers"] <= after["buffers"] <= pooled["buffers"] + 1
     assert peak < pooled["bytes"] / 20

@@ -41,7 +41,8 @@ size of a product), as a product on another number of BLAS threads may;
 ``tests/test_parallel.py`` checks every kernel that uses this module against
 one thread. A reduction *across* rows (LayerNorm's ``dgamma``) is split by
 columns instead. A ``for_blocks`` inside a block runs inline, on that
-block's thread.
+block's thread, and so does one called by another thread of the user's
+while the workers serve a first one: nothing waits for a worker.
 
 The pieces must be large for this to pay: handing a block to a thread costs
 some microseconds, so an array below ``MIN_ELEMENTS`` numbers per block runs
@@ -162,6 +163,7 @@ def _openblas_calls():
 
 
 _blas_depth = 0  # nesting of blas_single_threaded: only the outermost one sets and restores
+_blas_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -174,17 +176,19 @@ def blas_single_threaded():
     OpenBLAS's spinning threads. A no-op with one thread or another BLAS.
     """
     global _blas_depth
-    calls = _openblas_calls() if _blas_depth == 0 and num_threads() > 1 else ()
-    old = calls[0]() if calls else 1
-    if old > 1:
-        calls[1](1)
-    _blas_depth += 1
+    with _blas_lock:
+        calls = _openblas_calls() if _blas_depth == 0 and num_threads() > 1 else ()
+        old = calls[0]() if calls else 1
+        if old > 1:
+            calls[1](1)
+        _blas_depth += 1
     try:
         yield
     finally:
-        _blas_depth -= 1
-        if old > 1:
-            calls[1](old)
+        with _blas_lock:
+            _blas_depth -= 1
+            if old > 1:
+                calls[1](old)
 
 
 def single_threaded_blas(method):
@@ -239,6 +243,9 @@ class _Worker(threading.Thread):
 
 _workers: list = []
 _workers_lock = threading.Lock()
+# Held while a for_blocks uses the workers: a second caller (another thread of
+# the user's) runs its blocks itself, one after the other, rather than wait.
+_busy = threading.Lock()
 
 
 def _get_workers(n: int) -> list:
@@ -251,9 +258,10 @@ def _get_workers(n: int) -> list:
 
 
 def _forget_workers() -> None:  # in a forked child the threads are gone
-    global _workers_lock
+    global _workers_lock, _busy, _blas_lock, _blas_depth
     _workers.clear()
-    _workers_lock = threading.Lock()
+    _workers_lock, _busy, _blas_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    _blas_depth = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -283,15 +291,21 @@ def for_blocks(fn, n: int, size_per_item: int = 1, xp=None, min_size: int = MIN_
             or (xp is not None and xp is not np) or getattr(_local, "inside", False)):
         fn(slice(0, n))
         return
-    parts = blocks(n, size_per_item, n_threads, min_size)
-    workers = _get_workers(len(parts) - 1)
-    with blas_single_threaded():
-        for worker, part in zip(workers, parts[1:]):
-            worker.start_block(fn, part)
-        try:
-            _run_block(fn, parts[0])  # the calling thread does the first block itself
-        finally:
-            errors = [worker.wait() for worker in workers]  # waits for every block
+    if not _busy.acquire(blocking=False):  # the workers serve another thread's blocks now
+        fn(slice(0, n))
+        return
+    try:
+        parts = blocks(n, size_per_item, n_threads, min_size)
+        workers = _get_workers(len(parts) - 1)
+        with blas_single_threaded():
+            for worker, part in zip(workers, parts[1:]):
+                worker.start_block(fn, part)
+            try:
+                _run_block(fn, parts[0])  # the calling thread does the first block itself
+            finally:
+                errors = [worker.wait() for worker in workers]  # waits for every block
+    finally:
+        _busy.release()
     for error in errors:
         if error is not None:
             raise error
