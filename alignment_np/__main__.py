@@ -5,8 +5,10 @@ its BLAS. The tiny GPT's matrix products are small: a second thread buys
 little on a quiet machine, and where the cores are busy OpenBLAS's spinning
 threads made every training step 5 to 15 times slower (measured on a shared
 2-core machine). ``OPENBLAS_NUM_THREADS=2`` (or ``OMP_NUM_THREADS``) in the
-environment wins over this default. Code that imports ``alignment_np`` as a
-library chooses its threads itself.
+environment wins over this default. The library's own threads
+(``functional/parallel.py``) follow the same variables, or
+``ALIGNMENT_NP_NUM_THREADS``. Code that imports ``alignment_np`` as a library
+chooses its threads itself.
 """
 
 import os

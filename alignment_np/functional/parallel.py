@@ -19,7 +19,7 @@ the same for a matrix product: each thread multiplies its rows.
 Why BLAS is single-threaded inside a block
 ------------------------------------------
 OpenBLAS's own threads do not sleep when a product ends: they spin, waiting
-for the next one, for about a tenth of a second (measured here: a GELU on two
+for the next one, for more than 50 ms on this machine (measured here: a GELU on two
 threads right after a multi-threaded product ran no faster than on one, and
 twice as fast once BLAS was single-threaded). Two pools of threads on the
 same cores would fight. So while ``for_blocks`` runs several blocks it sets
