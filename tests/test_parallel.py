@@ -15,9 +15,11 @@ more. The shapes are large enough to be cut (``MIN_ELEMENTS``,
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -211,6 +213,34 @@ def test_callers_on_several_threads_of_their_own_get_their_own_results(threads):
         assert len(got) == 4
         for logits in got:
             assert_same(logits, want, rounding=True)
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+def test_a_ctrl_c_while_waiting_is_raised_only_after_every_block_ended(threads):
+    """A KeyboardInterrupt that arrives while the caller waits for a worker's block is
+    raised once that block has ended, and the next for_blocks waits for its own blocks."""
+    threads(2)
+    ended = []
+
+    def slow_worker_block(part):
+        if part.start > 0:  # the worker's block
+            time.sleep(0.3)
+            ended.append(part)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # while the caller waits for the worker
+        with pytest.raises(KeyboardInterrupt):
+            parallel.for_blocks(slow_worker_block, 2, parallel.MIN_ELEMENTS)
+        assert len(ended) == 1  # the worker's block had ended when the interrupt was raised
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    parallel.for_blocks(slow_worker_block, 2, parallel.MIN_ELEMENTS)
+    assert len(ended) == 2  # waited for its own block, not answered by a stale lock
 
 
 def test_a_for_blocks_inside_a_block_runs_inline(threads):

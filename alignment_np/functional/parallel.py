@@ -227,7 +227,6 @@ class _Worker(threading.Thread):
     def wait(self):
         """Wait for the block; return the exception it raised, or None."""
         self._done.acquire()
-        self._task = None
         return self._error
 
     def run(self) -> None:
@@ -268,6 +267,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_workers)
 
 
+def _wait_for_all(workers) -> list:
+    """Every worker's exception or None, once all have ended: even a Ctrl-C waits for them.
+
+    A block still running after for_blocks returned would write into arrays
+    the caller is already reading, and its lock would answer the next call's
+    wait too early; so a KeyboardInterrupt while waiting is raised only after
+    the last block has ended.
+    """
+    errors, interrupt = [], None
+    for worker in workers:
+        while True:
+            try:
+                errors.append(worker.wait())
+                break
+            except KeyboardInterrupt as error:
+                interrupt = error
+    if interrupt is not None:
+        raise interrupt
+    return errors
+
+
 def _run_block(fn, part):
     _local.inside = True
     try:
@@ -284,7 +304,8 @@ def for_blocks(fn, n: int, size_per_item: int = 1, xp=None, min_size: int = MIN_
     size_per_item: numbers per index (e.g. the width of a row), for the
         ``min_size`` rule (MIN_ELEMENTS numbers per block by default).
     xp: the array module of the data; anything but NumPy runs fn(slice(0, n)).
-    An exception in any block is raised here, after every block has ended.
+    An exception in any block is raised here, after every block has ended (so is
+    a Ctrl-C that arrives while the caller waits for the other threads).
     """
     n_threads = _threads or num_threads()
     if (n_threads == 1 or n < 2 or n * size_per_item < 2 * min_size  # too small to cut: at once
@@ -303,7 +324,7 @@ def for_blocks(fn, n: int, size_per_item: int = 1, xp=None, min_size: int = MIN_
             try:
                 _run_block(fn, parts[0])  # the calling thread does the first block itself
             finally:
-                errors = [worker.wait() for worker in workers]  # waits for every block
+                errors = _wait_for_all(workers)
     finally:
         _busy.release()
     for error in errors:
