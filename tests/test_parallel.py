@@ -172,6 +172,20 @@ def test_a_train_step_of_the_model_and_adamw(threads):
     assert_same(one[1], two[1], rounding=True)
 
 
+def test_generation_with_a_cut_prompt_forward(threads):
+    """generate's prompt forward (many tokens: cut into blocks) and its one-token steps
+    (not cut): the same tokens and, to rounding, the same log-probs on 1 and 2 threads."""
+    from alignment_np.rl.generate import generate
+
+    config = GPTConfig(vocab_size=64, block_size=128, n_layer=2, n_head=4, d_model=128, dtype="float64")
+    model = TinyGPT(config, seed=2)
+    prompt = np.random.default_rng(2).integers(0, 64, (16, 64))
+    run = lambda: generate(model, prompt, 32, temperature=1.0, seed=5)
+    one, two = on(1, run), on(2, run)
+    np.testing.assert_array_equal(one["tokens"], two["tokens"])
+    assert_same(one["logprobs"], two["logprobs"], rounding=True)
+
+
 def test_an_error_in_any_block_is_raised_after_every_block_ended(threads):
     threads(2)
     done = []

@@ -25,6 +25,7 @@ whole forward over the sequence (inference only: nothing is kept for backward).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -311,12 +312,17 @@ class TinyGPT(Module):
         else:
             x += embedding_forward(position_ids(attention_mask)[:, start:end], self.wpe.data)[0]
             bias = attention_bias(t_new, end, attention_mask, x.dtype)  # built once for all layers
-        for block, k_cache, v_cache in zip(self.blocks, kv_cache["k"], kv_cache["v"]):
-            x = block.forward_kv(x, k_cache, v_cache, start, bias=bias)
-        h, _ = self.ln_f.forward(x)
+        # A prompt is a forward of training size: its blocks run on the library's
+        # threads, BLAS single-threaded throughout (functional/parallel.py). One
+        # new token per row is too small to cut: BLAS keeps its own threads.
+        with parallel.blas_single_threaded() if t_new > 1 else contextlib.nullcontext():
+            for block, k_cache, v_cache in zip(self.blocks, kv_cache["k"], kv_cache["v"]):
+                x = block.forward_kv(x, k_cache, v_cache, start, bias=bias)
+            h, _ = self.ln_f.forward(x)
+            d = self.config.d_model
+            logits = parallel.matmul(h.reshape(-1, d), self.wte.data.T, empty((b * t_new, self.config.vocab_size), h.dtype, xp))
         kv_cache["length"] = end
-        d = self.config.d_model
-        return xp.matmul(h.reshape(-1, d), self.wte.data.T).reshape(b, t_new, -1)
+        return logits.reshape(b, t_new, -1)
 
     # ------------------------------------------------------------ validation
 
