@@ -19,16 +19,17 @@ the same for a matrix product: each thread multiplies its rows.
 Why BLAS is single-threaded inside a block
 ------------------------------------------
 OpenBLAS's own threads do not sleep when a product ends: they spin, waiting
-for the next one, for more than 50 ms on this machine (measured here: a GELU on two
-threads right after a multi-threaded product ran no faster than on one, and
-twice as fast once BLAS was single-threaded). Two pools of threads on the
+for the next one, for more than 50 ms on this machine (measured here: a GELU
+on two threads right after a multi-threaded product ran no faster than on
+one, and almost twice as fast once BLAS was single-threaded). Two pools of threads on the
 same cores would fight. So while ``for_blocks`` runs several blocks it sets
 NumPy's OpenBLAS to one thread per call (every call is then one of ours, and
 its threads stay asleep), and restores the previous setting before it
-returns; the products of a step all go through ``matmul`` here, so BLAS's
-threads are never woken during a step. Outside a ``for_blocks`` the process's
-BLAS is as it was. (Setting the count costs well under a microsecond. Where
-the BLAS is not OpenBLAS, it is left alone.)
+returns. TinyGPT's forward and backward (and a prompt's forward in
+generation) run whole inside ``blas_single_threaded``, so no product between
+two blocks wakes BLAS's threads during a step either. Outside, the process's
+BLAS is as it was. (Setting the count costs under a microsecond. Where the
+BLAS is not OpenBLAS, it is left alone.)
 
 The contract for ``fn``
 -----------------------
@@ -45,8 +46,9 @@ block's thread, and so does one called by another thread of the user's
 while the workers serve a first one: nothing waits for a worker.
 
 The pieces must be large for this to pay: handing a block to a thread costs
-some microseconds, so an array below ``MIN_ELEMENTS`` numbers per block runs
-in one block on the calling thread, with BLAS untouched. Generation (one
+about 45 microseconds here, so a work below ``MIN_ELEMENTS`` numbers per
+block (``MIN_MATMUL`` multiply-adds for a product) runs in one block on the
+calling thread. Generation (one
 token per row per step) therefore runs as before.
 
 How many threads
@@ -77,12 +79,12 @@ __all__ = [
 ]
 
 ENV_VAR = "ALIGNMENT_NP_NUM_THREADS"
-# Below this many numbers per block, one thread: a thread handoff costs some
-# microseconds, about a pass over 16 Ki float32 (measured on the benchmark
-# machine: a GELU on 2^15 numbers gained nothing from 2 threads).
+# Below this many numbers per block, one thread. A handoff costs about 45
+# microseconds here, one pass over some 160 Ki float32 numbers; a kernel of
+# several passes over two blocks of 2^16 numbers saves about that much.
 MIN_ELEMENTS = 1 << 16
-# A block of a matrix product: at least this many multiply-adds (some tens of
-# microseconds of BLAS). Generation's one-token products stay whole.
+# A block of a matrix product: at least this many multiply-adds (0.1 to 0.2 ms
+# of single-threaded BLAS). Generation's one-token products stay whole.
 MIN_MATMUL = 1 << 22
 
 _threads: int | None = None  # set_num_threads; None: from the environment, read at first use
