@@ -319,8 +319,8 @@ class TinyGPT(Module):
             for block, k_cache, v_cache in zip(self.blocks, kv_cache["k"], kv_cache["v"]):
                 x = block.forward_kv(x, k_cache, v_cache, start, bias=bias)
             h, _ = self.ln_f.forward(x)
-            d = self.config.d_model
-            logits = parallel.matmul(h.reshape(-1, d), self.wte.data.T, empty((b * t_new, self.config.vocab_size), h.dtype, xp))
+            d, v = self.config.d_model, self.config.vocab_size
+            logits = parallel.matmul(h.reshape(-1, d), self.wte.data.T, empty((b * t_new, v), h.dtype, xp))
         kv_cache["length"] = end
         return logits.reshape(b, t_new, -1)
 
