@@ -67,19 +67,11 @@ def recommended_coretype() -> tuple:
 
 
 def _openblas():
-    """The loaded OpenBLAS library (ctypes) and its symbol prefix, or (None, None)."""
-    try:
-        with open("/proc/self/maps") as f:
-            path = next((line.split()[-1] for line in f if "openblas" in line.lower()), None)
-    except OSError:
-        return None, None
-    if path is None:
-        return None, None
-    lib = ctypes.CDLL(path)
-    for prefix, suffix in (("openblas_", ""), ("scipy_openblas_", "64_"), ("openblas_", "64_")):
-        if hasattr(lib, f"{prefix}get_corename{suffix}"):
-            return lib, (prefix, suffix)
-    return None, None
+    """The loaded OpenBLAS library (ctypes) and its symbol (prefix, suffix), or (None, None)."""
+    from alignment_np.functional.parallel import openblas_library
+
+    lib, prefix, suffix = openblas_library()
+    return (lib, (prefix, suffix)) if lib is not None else (None, None)
 
 
 def blas_info() -> dict:

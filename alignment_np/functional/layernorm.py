@@ -36,7 +36,6 @@ from __future__ import annotations
 from ..backend import get_array_module
 from .linear import rowwise
 from . import parallel
-from .parallel import for_blocks
 from .workspace import empty
 
 LAYERNORM_EPS = 1e-5
@@ -70,7 +69,7 @@ def layernorm_forward(x, gamma, beta, eps: float = LAYERNORM_EPS):
         rowwise(xp.multiply, xhat_i, gamma, out_i)  # out = xhat * gamma
         rowwise(xp.add, out_i, beta, out_i)  # out += beta
 
-    for_blocks(block, n, d, xp)
+    parallel.for_blocks(block, n, d, xp)
     lead = x.shape[:-1]
     return out.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1), gamma)
 
@@ -104,7 +103,7 @@ def layernorm_backward(dout, cache):
         dx_i -= xp.multiply(xhat2[i], mean_gx, out=empty(dx_i.shape, dx_i.dtype, xp))
         dx_i *= rstd2[i]
 
-    for_blocks(block, n, d, xp)
+    parallel.for_blocks(block, n, d, xp)
     # the column sums over every row, on BLAS after the blocks (a reduction across them)
     dgamma = parallel.matmul(ones, dout_xhat, xp.empty(d, dtype=dout.dtype))  # split by columns
     dbeta = parallel.matmul(ones, dout2, xp.empty(d, dtype=dout.dtype))

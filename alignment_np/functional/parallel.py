@@ -140,14 +140,19 @@ def blocks(n: int, size_per_item: int = 1, n_threads: int | None = None,
 
 
 # ---------------------------------------------------------------- NumPy's OpenBLAS
-_blas_calls = None  # (get_num_threads, set_num_threads) of the loaded OpenBLAS, () if none
+_openblas_found = None  # (library, symbol prefix, suffix) of the loaded OpenBLAS; (None, "", "") if none
+_blas_calls = None  # (get_num_threads, set_num_threads) of that library, () if none
 
 
-def _openblas_calls():
-    """ctypes get/set of the thread count of the OpenBLAS NumPy loaded, or () (Linux only)."""
-    global _blas_calls
-    if _blas_calls is None:
-        _blas_calls = ()
+def openblas_library() -> tuple:
+    """(ctypes library, symbol prefix, symbol suffix) of the OpenBLAS NumPy loaded, or (None, "", "").
+
+    Found in /proc/self/maps (Linux only). NumPy's wheels name their symbols
+    ``scipy_openblas_..._64_``; a system OpenBLAS ``openblas_...``.
+    """
+    global _openblas_found
+    if _openblas_found is None:
+        _openblas_found = (None, "", "")
         try:
             with open("/proc/self/maps") as f:
                 path = next((line.split()[-1] for line in f if "openblas" in line.lower()), None)
@@ -156,11 +161,22 @@ def _openblas_calls():
             lib = None
         for prefix, suffix in (("openblas_", ""), ("scipy_openblas_", "64_"), ("openblas_", "64_")):
             if lib is not None and hasattr(lib, f"{prefix}set_num_threads{suffix}"):
-                get = getattr(lib, f"{prefix}get_num_threads{suffix}")
-                set_ = getattr(lib, f"{prefix}set_num_threads{suffix}")
-                set_.argtypes = [ctypes.c_int]
-                _blas_calls = (get, set_)
+                _openblas_found = (lib, prefix, suffix)
                 break
+    return _openblas_found
+
+
+def _openblas_calls():
+    """ctypes get/set of the thread count of the OpenBLAS NumPy loaded, or ()."""
+    global _blas_calls
+    if _blas_calls is None:
+        lib, prefix, suffix = openblas_library()
+        _blas_calls = ()
+        if lib is not None:
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}")
+            set_ = getattr(lib, f"{prefix}set_num_threads{suffix}")
+            set_.argtypes = [ctypes.c_int]
+            _blas_calls = (get, set_)
     return _blas_calls
 
 
