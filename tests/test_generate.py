@@ -132,6 +132,49 @@ def test_rows_stop_at_eos_then_pad_and_mask(rng):
     np.testing.assert_array_equal(out["tokens"][:, ids.shape[1] :], out["new_tokens"])
 
 
+def test_unpadded_rows_that_stop_early_match_the_full_forward(rng):
+    """No padding: the model gets no mask until a row has stopped, then the running mask."""
+    ids = rng.integers(3, V, (4, 6))
+    free = generate(MODEL64, ids, 12, temperature=0.0)
+    eos = int(free["new_tokens"][1, 2])  # row 1 stops after three tokens, while others go on
+    seen = []
+
+    class Spy:  # the model, recording the mask it is given at every call
+        def __getattr__(self, name):
+            return getattr(MODEL64, name)
+
+        def forward_incremental(self, idx_new, kv_cache, attention_mask=None):
+            seen.append((kv_cache["length"] + idx_new.shape[1], attention_mask))
+            return MODEL64.forward_incremental(idx_new, kv_cache, attention_mask=attention_mask)
+
+    for seed, temperature in ((0, 0.0), (1, 1.0), (2, 1.0)):
+        seen.clear()
+        kw = dict(temperature=temperature, seed=seed, eos_id=eos)
+        cached = generate(Spy(), ids, 12, **kw)
+        full = generate(MODEL64, ids, 12, use_cache=False, **kw)
+        for key in ("tokens", "new_tokens", "response_mask", "attention_mask"):
+            np.testing.assert_array_equal(cached[key], full[key])
+        np.testing.assert_allclose(cached["logprobs"], full["logprobs"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(cached["logprobs"], full_forward_logits_logprobs(cached, temperature),
+                                   rtol=0, atol=1e-12)
+        # every call saw the running mask, or None where that mask was all ones
+        for end, mask in seen:
+            running = cached["attention_mask"][:, :end]
+            if mask is None:
+                assert running.all()
+            else:
+                np.testing.assert_array_equal(mask, running)
+    assert (cached["response_mask"] == 0).any(), "a row should have stopped early"
+    assert any(mask is not None for _, mask in seen) and seen[0][1] is None
+
+
+def full_forward_logits_logprobs(out, temperature):
+    """log_softmax of the full forward (scaled) at the new tokens, 0 after a row's eos."""
+    scaled = full_forward_logits(MODEL64, out) / (temperature if temperature > 0 else 1.0)
+    logps = np.take_along_axis(log_softmax(scaled, axis=-1), out["new_tokens"][..., None], -1)[..., 0]
+    return np.where(out["response_mask"] == 1, logps, 0.0)
+
+
 def test_output_shapes_dtypes_and_zero_new_tokens(rng):
     ids, mask = left_padded_prompts(rng)
     out = generate(MODEL32, ids, 5, attention_mask=mask)

@@ -145,10 +145,15 @@ def generate(
     logprobs = xp.zeros((b, n_new), dtype=dtype)  # (B, N)
     finished = xp.zeros(b, dtype=bool)  # rows that have produced eos
 
+    # Until a row is padded or has finished, the running mask is all ones, and the
+    # model is given None instead: it would turn an all-ones mask into None itself
+    # (the same logits), after checking its values, once per new token.
+    padded = not bool(mask.all())
     logits = None
     if use_cache and n_new > 0:
         kv_cache = model.init_kv_cache(b, p + n_new)
-        logits = model.forward_incremental(prompt_ids, kv_cache, attention_mask=mask)[:, -1]  # (B, V)
+        logits = model.forward_incremental(prompt_ids, kv_cache, attention_mask=mask if padded else None)
+        logits = logits[:, -1]  # (B, V)
     for i in range(n_new):
         t = p + i  # the column the new token goes to
         if not use_cache:  # the slow reference: the whole sequence again
@@ -166,9 +171,10 @@ def generate(
             finished |= alive & (new == eos_id)
             if bool(finished.all()):
                 break  # every row has stopped; the rest stays padding
+            padded = padded or bool(finished.any())  # its next columns are 0
         if use_cache and i + 1 < n_new:
-            logits = model.forward_incremental(tokens[:, t : t + 1], kv_cache, attention_mask=full_mask[:, : t + 1])
-            logits = logits[:, -1]
+            running = full_mask[:, : t + 1] if padded else None
+            logits = model.forward_incremental(tokens[:, t : t + 1], kv_cache, attention_mask=running)[:, -1]
     return {
         "tokens": tokens,
         "new_tokens": tokens[:, p:].copy(),
