@@ -158,3 +158,52 @@ def test_the_torch_ppo_side_computes_what_the_package_computes():
         values = tmodel.values(torch.from_numpy(tokens)[:, :-1])[:, 4:]
     np.testing.assert_allclose(logps.numpy(), out["logps"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(values.numpy(), out["values"], rtol=1e-10, atol=1e-12)
+
+
+def load_generate_parts():
+    spec = importlib.util.spec_from_file_location("generate_parts", ROOT / "benchmarks" / "generate_parts.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports bench_gpt from beside it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+@pytest.mark.torch
+def test_generation_parts_do_the_work_of_a_whole_call():
+    """The parts of generate_parts.py sample what generate and torch_generate sample."""
+    pytest.importorskip("torch")
+    parts = load_generate_parts()
+    bench = parts.bench_gpt
+    from alignment_np.rl.generate import generate
+
+    c = bench.CONFIGS["tiny"]
+    numpy_side = bench.NumpySide(c)
+    torch_side = bench.TorchSide(c, bench.NumpySide(c))
+    clock = parts._Clock()
+    tokens = parts.numpy_parts(numpy_side, clock, 1)
+    n_new = c["T"] - numpy_side.prompt.shape[1]
+    whole = generate(numpy_side.model, numpy_side.prompt, n_new, temperature=0.0)["new_tokens"]
+    np.testing.assert_array_equal(tokens, whole)
+    assert all(clock.seconds[part] > 0 for part in parts.PARTS)
+    torch_tokens = parts.torch_parts(torch_side, parts._Clock(), 1)
+    np.testing.assert_array_equal(torch_tokens.numpy(), torch_side.generate().numpy())
+
+
+@pytest.mark.torch
+def test_generation_parts_report_and_bad_arguments(capsys):
+    pytest.importorskip("torch")
+    parts = load_generate_parts()
+    result = parts.main(["--configs", "tiny", "--repeats", "1", "--calls", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    for part in parts.PARTS:
+        np_ms, torch_ms, speed = result["tiny"][part]
+        assert np_ms > 0 and torch_ms > 0 and speed > 0
+        assert re.search(rf"\| tiny \| {part} \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", out)
+    for argv, message in ((["--configs", "huge"], "--configs: expected names from"),
+                          (["--repeats", "0"], "--repeats: expected an int >= 1, got 0")):
+        with pytest.raises(SystemExit):
+            parts.main(argv)
+        assert message in capsys.readouterr().err
