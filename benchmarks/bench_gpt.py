@@ -713,6 +713,27 @@ def args_sides(memory: dict) -> list:
     return [s for s in SIDES if s in first and "error" not in first[s]]
 
 
+def config_names(parser, text: str) -> list:
+    """The names of a ``--configs`` argument (comma-separated); a parser error unless all are known."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in CONFIGS for n in names):
+        parser.error(f"--configs: expected names from {list(CONFIGS)}, got {text!r}")
+    return names
+
+
+def threads_for_both_sides(n: int) -> None:
+    """n threads for OpenBLAS, alignment_np's blocks and torch: the diagnostics that run both
+    sides in one process (generate_parts.py, kernels_vs_torch.py)."""
+    import numpy  # noqa: F401  (loads OpenBLAS, whose threads are set next)
+    import torch
+
+    from alignment_np.functional import parallel
+
+    set_blas_threads(n)
+    parallel.set_num_threads(n)
+    torch.set_num_threads(n)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default="tiny,small,medium", help="comma-separated: tiny, small, medium")
@@ -737,10 +758,7 @@ def parse_args(argv=None):
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown or not names:
-        p.error(f"--configs: expected names from {list(CONFIGS)}, got {args.configs!r}")
+    names = config_names(p, args.configs)
     if args.repeats < 1:
         p.error(f"--repeats: expected >= 1, got {args.repeats}")
     if args.threads < 0:

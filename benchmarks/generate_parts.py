@@ -142,21 +142,11 @@ def main(argv=None) -> dict:
     p.add_argument("--calls", type=int, default=2, help="generation calls per repeat and side (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="OpenBLAS, alignment_np and torch threads (>= 1)")
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in bench_gpt.CONFIGS]
-    if not names or unknown:
-        p.error(f"--configs: expected names from {sorted(bench_gpt.CONFIGS)}, got {args.configs!r}")
+    names = bench_gpt.config_names(p, args.configs)
     for flag in ("repeats", "calls", "threads"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag}: expected an int >= 1, got {getattr(args, flag)}")
-    import numpy  # noqa: F401  (loads OpenBLAS, whose threads are set next)
-    import torch
-
-    from alignment_np.functional import parallel
-
-    bench_gpt.set_blas_threads(args.threads)
-    parallel.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    bench_gpt.threads_for_both_sides(args.threads)
     print(f"# Greedy generation in parts: {args.threads} threads per side, {args.repeats} interleaved "
           f"repeats of {args.calls} calls, one process (a diagnostic: see the docstring)\n")
     print("| config | part | NumPy ms/call | PyTorch ms/call | NumPy/PyTorch |")

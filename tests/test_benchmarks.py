@@ -160,10 +160,11 @@ def test_the_torch_ppo_side_computes_what_the_package_computes():
     np.testing.assert_allclose(values.numpy(), out["values"], rtol=1e-10, atol=1e-12)
 
 
-def load_generate_parts():
-    spec = importlib.util.spec_from_file_location("generate_parts", ROOT / "benchmarks" / "generate_parts.py")
+def load_script(name: str):
+    """A script of benchmarks/ that imports bench_gpt from beside it, as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports bench_gpt from beside it
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         spec.loader.exec_module(module)
     finally:
@@ -175,7 +176,7 @@ def load_generate_parts():
 def test_generation_parts_do_the_work_of_a_whole_call():
     """The parts of generate_parts.py sample what generate and torch_generate sample."""
     pytest.importorskip("torch")
-    parts = load_generate_parts()
+    parts = load_script("generate_parts")
     bench = parts.bench_gpt
     from alignment_np.rl.generate import generate
 
@@ -195,7 +196,7 @@ def test_generation_parts_do_the_work_of_a_whole_call():
 @pytest.mark.torch
 def test_generation_parts_report_and_bad_arguments(capsys):
     pytest.importorskip("torch")
-    parts = load_generate_parts()
+    parts = load_script("generate_parts")
     result = parts.main(["--configs", "tiny", "--repeats", "1", "--calls", "1", "--threads", "1"])
     out = capsys.readouterr().out
     for part in parts.PARTS:
@@ -207,3 +208,42 @@ def test_generation_parts_report_and_bad_arguments(capsys):
         with pytest.raises(SystemExit):
             parts.main(argv)
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.torch
+def test_each_kernel_pair_computes_the_same_thing():
+    """Both sides of every row of kernels_vs_torch.py time the same computation."""
+    torch = pytest.importorskip("torch")
+    module = load_script("kernels_vs_torch")
+    c = module.bench_gpt.CONFIGS["tiny"]
+    rows = module.kernels(c)
+    assert [calls for name, calls, _, _ in rows if name.startswith("layernorm")] == [2 * c["L"] + 1] * 2
+    for name, _, numpy_fn, torch_fn in rows:
+        got, want = numpy_fn(), torch_fn()
+        if name.endswith("forward"):
+            got = got[0]  # (out, cache)
+        elif name.startswith("linear"):  # (dx, dw, db); torch keeps w as (out, in)
+            got = (got[0], got[1].T, got[2])
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        assert len(got) == len(want), name
+        for a, b in zip(got, want):
+            b = b.detach().numpy()  # float32 on both sides: agreement to a few ulps of the largest entry
+            np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=2e-6 * np.abs(b).max(), err_msg=name)
+    assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.torch
+def test_kernels_vs_torch_report_and_bad_arguments(capsys):
+    pytest.importorskip("torch")
+    module = load_script("kernels_vs_torch")
+    result = module.main(["--configs", "tiny", "--repeats", "1", "--min-time", "0.001", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert len(result["tiny"]) == 16
+    for kernel, calls, numpy_us, torch_us, speed in result["tiny"]:
+        assert calls >= 1 and numpy_us > 0 and torch_us > 0 and speed > 0
+        assert f"| tiny | {kernel} | {calls} |" in out
+    assert re.search(r"\| tiny \| all of the above \| \| \| \| \| [+-][\d.]+ \|", out)
+    with pytest.raises(SystemExit):
+        module.main(["--min-time", "0"])
+    assert "--min-time: expected a number > 0, got 0.0" in capsys.readouterr().err
