@@ -108,6 +108,47 @@ def test_blocks_cover_the_range_once_in_order(n, n_threads):
     assert covered == list(range(n))
 
 
+@pytest.mark.parametrize("n, chunk", [(1, 1), (7, 1), (7, 3), (100, 7), (100, 100), (100, 1000)])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_chunks_cover_every_index_once_and_in_order_within_a_block(threads, n, chunk, n_threads):
+    calls, lock = [], threading.Lock()
+
+    def fn(part):
+        with lock:
+            calls.append((threading.get_ident(), part))
+
+    parallel.set_num_threads(n_threads)
+    parallel.for_blocks(fn, n, parallel.MIN_ELEMENTS, np, chunk=chunk)
+    assert all(part.stop - part.start <= chunk for _, part in calls)
+    assert sorted(i for _, part in calls for i in range(n)[part]) == list(range(n))
+    for ident in {ident for ident, _ in calls}:  # each thread walks its block forwards, without gaps
+        parts = [part for i, part in calls if i == ident]
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_in_chunks_is_gelu_in_one_pass_bit_for_bit(threads, monkeypatch, dtype):
+    # 2 * MIN_ELEMENTS + 1001 numbers: two blocks on two threads, each walked in chunks of
+    # 10,007 numbers and a shorter rest
+    n = 2 * parallel.MIN_ELEMENTS + 1001
+    x, dout = randn(n, dtype=dtype), randn(n, dtype=dtype)
+    run = lambda: (lambda out, cache: (out, cache[1], gelu_backward(dout, cache)))(*gelu_forward(x))
+    monkeypatch.setattr(parallel, "CACHE_ELEMENTS", 1 << 40)
+    whole = on(1, run)
+    assert len(parallel.blocks(n, 1, n_threads=2)) == 2
+    monkeypatch.setattr(parallel, "CACHE_ELEMENTS", 10_007)
+    for n_threads in (1, 2):
+        poison_free_buffers((n,), dtype)  # a number no chunk wrote would stay NaN
+        assert_same(whole, on(n_threads, run))
+
+
+def poison_free_buffers(shape, dtype, count=8):
+    """Fill the workspace's free buffers of this size with NaN (they go back to the pool after)."""
+    held = [workspace.empty(shape, dtype) for _ in range(count)]
+    for buf in held:
+        buf.fill(np.nan)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gelu(threads, dtype):
     x, dout = randn(N, 4 * D // 4, 4, dtype=dtype), randn(N, 4 * D // 4, 4, dtype=dtype)

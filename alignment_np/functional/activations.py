@@ -33,7 +33,11 @@ bit for bit). And there are as few passes as possible: eight in forward
 through ``pow`` and is ~250x slower than ``x*x*x``; the constants are folded
 (k c x^2 + k, not c x^2 + 1 then times k); every intermediate is an array
 this kernel allocated, so the arithmetic runs in place on it (``out=`` and
-``*=``) instead of allocating a new array per operation.
+``*=``) instead of allocating a new array per operation. Each block is walked
+in chunks of ``parallel.CACHE_ELEMENTS`` numbers, every pass over one chunk
+before the next chunk: the chunk's arrays stay in the core's cache between
+passes instead of going to memory and back eight or nine times (on a medium
+model's (2048, 1024) arrays: the forward 11% and the backward 30% faster).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from . import parallel
 from .parallel import for_blocks
 from .workspace import empty
 
@@ -73,7 +78,7 @@ def gelu_forward(x):
         xp.reciprocal(si, out=si)  # s = 1 / (1 + exp(-2u)) = (1 + tanh u) / 2
         xp.multiply(xi, si, out=out1[i])
 
-    for_blocks(block, x1.size, xp=xp)
+    for_blocks(block, x1.size, xp=xp, chunk=parallel.CACHE_ELEMENTS)  # eight passes: a chunk at a time
     return out, (x, s)
 
 
@@ -113,5 +118,5 @@ def gelu_backward(dout, cache):
         a += si
         a *= dout1[i]
 
-    for_blocks(block, x1.size, xp=xp)
+    for_blocks(block, x1.size, xp=xp, chunk=parallel.CACHE_ELEMENTS)
     return dx
