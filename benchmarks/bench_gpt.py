@@ -721,6 +721,14 @@ def config_names(parser, text: str) -> list:
     return names
 
 
+def require_positive(parser, args, *flags) -> None:
+    """A parser error unless each of these int arguments is >= 1."""
+    for flag in flags:
+        value = getattr(args, flag.replace("-", "_"))
+        if value < 1:
+            parser.error(f"--{flag}: expected an int >= 1, got {value}")
+
+
 def threads_for_both_sides(n: int) -> None:
     """n threads for OpenBLAS, alignment_np's blocks and torch: the diagnostics that run both
     sides in one process (generate_parts.py, kernels_vs_torch.py)."""

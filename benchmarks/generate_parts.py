@@ -143,9 +143,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="OpenBLAS, alignment_np and torch threads (>= 1)")
     args = p.parse_args(argv)
     names = bench_gpt.config_names(p, args.configs)
-    for flag in ("repeats", "calls", "threads"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag}: expected an int >= 1, got {getattr(args, flag)}")
+    bench_gpt.require_positive(p, args, "repeats", "calls", "threads")
     bench_gpt.threads_for_both_sides(args.threads)
     print(f"# Greedy generation in parts: {args.threads} threads per side, {args.repeats} interleaved "
           f"repeats of {args.calls} calls, one process (a diagnostic: see the docstring)\n")

@@ -161,9 +161,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="alignment_np and torch threads (>= 1)")
     args = p.parse_args(argv)
     names = bench_gpt.config_names(p, args.configs)
-    for flag in ("repeats", "threads"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag}: expected an int >= 1, got {getattr(args, flag)}")
+    bench_gpt.require_positive(p, args, "repeats", "threads")
     if not args.min_time > 0:
         p.error(f"--min-time: expected a number > 0, got {args.min_time}")
     bench_gpt.threads_for_both_sides(args.threads)

@@ -213,7 +213,7 @@ def test_generation_parts_report_and_bad_arguments(capsys):
 @pytest.mark.torch
 def test_each_kernel_pair_computes_the_same_thing():
     """Both sides of every row of kernels_vs_torch.py time the same computation."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     module = load_script("kernels_vs_torch")
     c = module.bench_gpt.CONFIGS["tiny"]
     rows = module.kernels(c)
@@ -230,7 +230,6 @@ def test_each_kernel_pair_computes_the_same_thing():
         for a, b in zip(got, want):
             b = b.detach().numpy()  # float32 on both sides: agreement to a few ulps of the largest entry
             np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=2e-6 * np.abs(b).max(), err_msg=name)
-    assert torch.get_num_threads() >= 1
 
 
 @pytest.mark.torch
