@@ -246,3 +246,40 @@ def test_kernels_vs_torch_report_and_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         module.main(["--min-time", "0"])
     assert "--min-time: expected a number > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_tile_sizes_sets_the_block_size_and_restores_it():
+    module = load_script("tile_sizes")
+    from alignment_np.functional import attention
+
+    before = attention.TILE_QUERIES
+    with module.tile_queries(16):
+        assert len(attention.attention_tiles(1, 2, 64)) == 4  # blocks of 16 queries
+    assert attention.TILE_QUERIES == before
+    with pytest.raises(RuntimeError), module.tile_queries(16):
+        raise RuntimeError("restored even so")
+    assert attention.TILE_QUERIES == before
+
+
+def test_tile_sizes_report_and_bad_arguments(capsys):
+    module = load_script("tile_sizes")
+    from alignment_np.functional import attention
+
+    before = attention.TILE_QUERIES
+    result = module.main(["--configs", "tiny", "--queries", "16,64", "--repeats", "2", "--min-time", "0.001",
+                          "--steps", "--step-time", "0.001", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert attention.TILE_QUERIES == before
+    assert list(result["tiny"]) == [16, 64]
+    assert all(ratio == 1.0 for _, ratio in result["tiny"][16])  # the first size against itself
+    for n, timings in result["tiny"].items():
+        assert all(ms > 0 and ratio > 0 for ms, ratio in timings)
+        assert re.search(rf"\| tiny \| {n} \|( [\d.]+ \|){{6}}$", out, re.MULTILINE)
+    for argv, message in ((["--queries", "0"], "--queries: expected distinct ints >= 1"),
+                          (["--queries", "32,32"], "--queries: expected distinct ints >= 1"),
+                          (["--queries", "a"], "--queries: expected distinct ints >= 1"),
+                          (["--step-time", "0"], "--step-time: expected a number > 0, got 0.0"),
+                          (["--threads", "0"], "--threads: expected an int >= 1, got 0")):
+        with pytest.raises(SystemExit):
+            module.main(argv)
+        assert message in capsys.readouterr().err

@@ -92,14 +92,18 @@ from .parallel import for_blocks, num_threads
 from .workspace import empty, zeros
 
 # Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
-# 1 MiB, a core's L2 cache). Measured on the benchmark configs (T = 64 to 256):
-# 32 to 64 queries and 2^17 to 2^19 scores are all within 2% of each other;
-# fewer queries per block skip more of the masked half but make more, smaller
-# GEMMs. Keep TILE_QUERIES * T * hd under ~1e6 on long sequences: OpenBLAS
+# 1 MiB, a core's L2 cache). Chosen by measurement (benchmarks/tile_sizes.py;
+# docs/performance.md, "Query blocks of 64"): on the benchmark configs (T = 64
+# to 256, two threads), 64 queries against 32 left the forward within 4% and
+# made the backward 7-21% faster (fewer, larger GEMMs, and fewer partial sums
+# of dk and dv to add up); 128 made the forward up to 22% slower. Fewer queries
+# per block skip more of the masked half but make more, smaller GEMMs. With
+# 64 queries, 2^17 and 2^19 scores per tile were up to 8% slower than 2^18.
+# Keep TILE_QUERIES * T * hd under ~1e6 on long sequences: OpenBLAS
 # runs a GEMM that small on one thread with its small-matrix kernel, larger
 # ones on all threads, which at these shapes was measured 2x slower.
 # Changing them changes no result beyond rounding.
-TILE_QUERIES = 32
+TILE_QUERIES = 64
 TILE_ELEMENTS = 1 << 18
 
 # (array module name, T, dtype) -> read-only (T, T) causal bias. A constant,
