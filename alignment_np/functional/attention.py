@@ -94,11 +94,12 @@ from .workspace import empty, zeros
 # Queries per tile, and the number of scores a tile aims at (256 Ki float32 =
 # 1 MiB, a core's L2 cache). Chosen by measurement (benchmarks/tile_sizes.py;
 # docs/performance.md, "Query blocks of 64"): on the benchmark configs (T = 64
-# to 256, two threads), 64 queries against 32 left the forward within 4% and
-# made the backward 7-21% faster (fewer, larger GEMMs, and fewer partial sums
+# to 256, two threads), 64 queries against 32 left the forward within 5% and
+# made the backward 6-21% faster (fewer, larger GEMMs, and fewer partial sums
 # of dk and dv to add up); 128 made the forward up to 22% slower. Fewer queries
 # per block skip more of the masked half but make more, smaller GEMMs. With
-# 64 queries, 2^17 and 2^19 scores per tile were up to 8% slower than 2^18.
+# 64 queries, 2^17 scores per tile (fewer batch rows per tile at small and
+# medium) were 5-8% slower than 2^18, and 2^19 (more rows at medium) 2-4%.
 # Keep TILE_QUERIES * T * hd under ~1e6 on long sequences: OpenBLAS
 # runs a GEMM that small on one thread with its small-matrix kernel, larger
 # ones on all threads, which at these shapes was measured 2x slower.
