@@ -729,6 +729,14 @@ def require_positive(parser, args, *flags) -> None:
             parser.error(f"--{flag}: expected an int >= 1, got {value}")
 
 
+def require_positive_time(parser, args, *flags) -> None:
+    """A parser error unless each of these seconds arguments is > 0 (NaN is not)."""
+    for flag in flags:
+        value = getattr(args, flag.replace("-", "_"))
+        if not value > 0:
+            parser.error(f"--{flag}: expected a number > 0, got {value}")
+
+
 def threads_for_both_sides(n: int) -> None:
     """n threads for OpenBLAS, alignment_np's blocks and torch: the diagnostics that run both
     sides in one process (generate_parts.py, kernels_vs_torch.py)."""

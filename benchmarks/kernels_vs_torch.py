@@ -162,8 +162,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     names = bench_gpt.config_names(p, args.configs)
     bench_gpt.require_positive(p, args, "repeats", "threads")
-    if not args.min_time > 0:
-        p.error(f"--min-time: expected a number > 0, got {args.min_time}")
+    bench_gpt.require_positive_time(p, args, "min-time")
     bench_gpt.threads_for_both_sides(args.threads)
     print(f"# Kernels of a train step: {args.threads} threads per side, best of {args.repeats} interleaved "
           f"repeats, one process (a diagnostic: see the docstring)\n")

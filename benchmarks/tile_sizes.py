@@ -120,9 +120,7 @@ def main(argv=None) -> dict:
     names = bench_gpt.config_names(p, args.configs)
     sizes = _sizes(p, args.queries)
     bench_gpt.require_positive(p, args, "repeats", *(["threads"] if args.threads is not None else []))
-    for flag in ("min_time", "step_time"):
-        if not getattr(args, flag) > 0:
-            p.error(f"--{flag.replace('_', '-')}: expected a number > 0, got {getattr(args, flag)}")
+    bench_gpt.require_positive_time(p, args, "min-time", "step-time")
     from alignment_np.functional import parallel
 
     if args.threads is not None:
