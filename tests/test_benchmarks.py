@@ -283,3 +283,58 @@ def test_tile_sizes_report_and_bad_arguments(capsys):
         with pytest.raises(SystemExit):
             module.main(argv)
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("work", ["train", "dpo"])
+def test_two_processes_compute_the_one_process_gradient(work):
+    # Each half's share of the loss: a wrong scale (or a half computed twice) is off by about 1.
+    module = load_script("two_processes")
+    from alignment_np.functional import parallel
+
+    before = parallel.num_threads()
+    assert module.grad_difference(module.bench_gpt.CONFIGS["tiny"], "tiny", work) < 1e-5
+    assert parallel.num_threads() == before  # one_thread() restored the count
+
+
+def test_two_processes_helper_follows_the_updates_and_a_dead_helper_is_reported():
+    module = load_script("two_processes")
+    c = module.bench_gpt.CONFIGS["tiny"]
+    with module.one_thread():
+        two = module.TwoProcesses(c, "tiny", "train")
+        try:
+            assert not os.path.exists(two.path)  # unlinked once both processes hold the map
+            before = two.opt.flat.data.copy()
+            two.opt.lr = 1e-2  # a step that moves every weight clearly
+            two.step()
+            assert np.abs(two.opt.flat.data - before).max() > 5e-3
+            # The next gradient is the one-process gradient at the updated weights: the helper read them.
+            grad = two.gradients().copy()
+            one = module.bench_gpt.NumpySide(c)
+            one.opt.flat.data[...] = two.opt.flat.data
+            one.opt.zero_grad()
+            module._backward_half(one.model, one.idx, one.targets, 1.0)
+            assert np.abs(grad - one.opt.flat.grad).max() < 1e-5 * np.abs(one.opt.flat.grad).max()
+            two.proc.kill()
+            two.proc.wait()
+            with pytest.raises(RuntimeError, match="the helper process stopped"):
+                two.step()
+        finally:
+            two.close()
+
+
+def test_two_processes_report_and_bad_arguments(capsys):
+    module = load_script("two_processes")
+    result = module.main(["--configs", "tiny", "--workloads", "train", "--repeats", "1", "--min-time", "0.001",
+                          "--no-torch"])
+    out = capsys.readouterr().out
+    row = result["tiny", "train"]
+    assert row["grad_diff"] < 1e-5
+    assert row["numpy"]["vs_numpy"] == 1.0 and row["numpy"]["ms"] > 0
+    assert row["two-processes"]["ms"] > 0 and row["two-processes"]["vs_numpy"] > 0
+    assert re.search(r"^\| tiny \| train \| two-processes \| [\d.]+ \| [\d.]+ \| [\d.]+e-\d+ \|$", out, re.MULTILINE)
+    for argv, message in ((["--workloads", "ppo"], "--workloads: expected distinct names from ['train', 'dpo']"),
+                          (["--repeats", "0"], "--repeats: expected an int >= 1, got 0"),
+                          (["--min-time", "0"], "--min-time: expected a number > 0, got 0.0")):
+        with pytest.raises(SystemExit):
+            module.main(argv)
+        assert message in capsys.readouterr().err
