@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Train and DPO steps cut by rows over two processes, against the course's steps and PyTorch's.
+"""Train, DPO and generation cut by rows over two processes, against the course's and PyTorch's.
 
-    python benchmarks/two_processes.py                      # tiny, small, medium; train, DPO; ~5 minutes
+    python benchmarks/two_processes.py                      # tiny, small, medium; train, DPO, generate; ~7 min
     python benchmarks/two_processes.py --configs tiny --workloads train --repeats 15
 
 Why
@@ -15,7 +15,7 @@ So this script measures the other way to use two cores: data parallelism over
 processes, as PyTorch's DistributedDataParallel does over machines. It is a
 measurement, not a library feature; the library does not start processes.
 
-What the ``two-processes`` side does, each step
+What the ``two-processes`` side does, each call
 -----------------------------------------------
 The main process and one helper process each build ``bench_gpt.NumpySide``
 (the public API, the same weights and batch; one library thread and one BLAS
@@ -27,9 +27,14 @@ the helper copies its gradients into a shared memory map and answers (one
 byte); the main process adds them to its own, clips (DPO), runs ``AdamW``,
 and copies the new parameters into the map, where the helper reads them at
 the next step. The two copies and the handoffs are inside the timed step.
-The gradients are compared once with a one-process step on the same rows
-(``grad diff``: the largest difference over the largest gradient; float32
-rounding, since the sums are grouped differently).
+Generation (greedy, with the key/value cache, as ``bench_gpt.py``'s): each
+process decodes its half of the prompts from start to end (the rows do not
+depend on each other), the helper writes its tokens and log-probs into the
+map, and the main process joins them to its own. Once per workload the
+result is compared with one process's (``diff``: train and DPO, the largest
+gradient difference over the largest gradient, float32 rounding since the
+sums are grouped differently; generate, the fraction of new tokens that
+differ).
 
 The sides, each in a fresh process of its own, take turns repeat after
 repeat (in alternating order): ``numpy`` is ``bench_gpt.NumpySide``'s step,
@@ -59,7 +64,7 @@ from pathlib import Path  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 SIDES = ("numpy", "two-processes", "torch")
-WORKLOADS = ("train", "dpo")
+WORKLOADS = ("train", "dpo", "generate")
 
 
 @contextlib.contextmanager
@@ -87,27 +92,43 @@ def _backward_half(model, idx, targets, scale: float) -> None:
 
 
 class Half:
-    """One process's half of the rows of ``bench_gpt.NumpySide``'s train or DPO step (``part`` 0 or 1).
+    """One process's half of the rows of a ``bench_gpt.NumpySide`` workload (``part`` 0 or 1).
 
-    ``gradients()`` leaves in ``opt.flat.grad`` this half's share of the
-    gradient of the whole batch's loss: halved for the train step (each half's
-    cross-entropy is a mean over half the tokens), whole for DPO (each half's
-    loss is a mean over half the pairs, halved after the sum, in ``TwoProcesses``).
+    train, dpo: ``gradients()`` leaves in ``opt.flat.grad`` this half's share
+    of the gradient of the whole batch's loss: halved for the train step (each
+    half's cross-entropy is a mean over half the tokens), whole for DPO (each
+    half's loss is a mean over half the pairs, halved after the sum, in
+    ``TwoProcesses``). generate: ``generate()`` decodes this half's prompts
+    greedily; the rows do not depend on each other, so each process decodes its
+    own from start to end.
     """
 
     def __init__(self, c: dict, work: str, part: int):
         import numpy as np
 
         self.side, self.work = bench_gpt.NumpySide(c), work
+        rows = slice(part * c["B"] // 2, (part + 1) * c["B"] // 2)
+        self.opt = None
         if work == "train":
-            rows = slice(part * c["B"] // 2, (part + 1) * c["B"] // 2)
             self.idx, self.targets = self.side.idx[rows], self.side.targets[rows]
             self.opt = self.side.opt
-        else:  # the step's pairs, cut in two; each half's batch drops the columns that are padding in all its rows
+        elif work == "dpo":  # the pairs, cut in two; each half's batch drops the columns that are padding in all its rows
             n = len(self.side.pairs)
             data = self.side.trainer.prepare(self.side.pairs)
             self.batch = data.batch(np.arange(part * n // 2, (part + 1) * n // 2))
             self.opt = self.side.trainer.optimizer
+        else:
+            self.prompt = self.side.prompt[rows]
+            self.n_new = c["T"] - self.side.prompt.shape[1]
+
+    def layout(self) -> list:
+        """(shape, dtype) of each array the two processes share."""
+        import numpy as np
+
+        if self.opt is not None:  # the parameters, then the helper's gradients
+            return [((self.opt.flat.size,), np.float32)] * 2
+        rows = (self.prompt.shape[0], self.n_new)  # the helper's new tokens and their log-probs
+        return [(rows, np.int64), (rows, np.float32)]
 
     def gradients(self) -> None:
         if self.work == "train":
@@ -116,30 +137,41 @@ class Half:
         else:
             self.side.trainer.compute_gradients(self.batch)  # zeroes the gradients first
 
+    def generate(self) -> dict:
+        from alignment_np.rl.generate import generate
 
-def _shared(path: str, size: int, mode: str):
-    """(parameters, gradients): float32 vectors of ``size`` numbers in the memory map at ``path``."""
+        return generate(self.side.model, self.prompt, self.n_new, temperature=0.0)
+
+
+def _shared(path: str, layout: list, mode: str) -> list:
+    """One array per (shape, dtype) of ``layout``, one after the other in the memory map at ``path``."""
     import numpy as np
 
-    buffer = np.memmap(path, dtype=np.float32, mode=mode, shape=(2, size))
-    return buffer[0], buffer[1]
+    sizes = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layout]
+    buffer = np.memmap(path, dtype=np.uint8, mode=mode, shape=(sum(sizes),))
+    offsets = np.cumsum([0] + sizes)
+    return [buffer[o: o + n].view(dtype).reshape(shape) for o, n, (shape, dtype) in zip(offsets, sizes, layout)]
 
 
 def helper(config: str, work: str, path: str) -> None:
     """The helper process: the second half of the rows, step after step, until its stdin closes."""
     with one_thread():
         half = Half(bench_gpt.CONFIGS[config], work, 1)
-        params, grads = _shared(path, half.opt.flat.size, "r+")
+        first, second = _shared(path, half.layout(), "r+")
         os.write(1, b"r")
         while os.read(0, 1) == b"s":
-            half.opt.flat.data[...] = params  # the main process's parameters after its last AdamW step
-            half.gradients()
-            grads[...] = half.opt.flat.grad
+            if work == "generate":
+                out = half.generate()
+                first[...], second[...] = out["new_tokens"], out["logprobs"]
+            else:
+                half.opt.flat.data[...] = first  # the main process's parameters after its last AdamW step
+                half.gradients()
+                second[...] = half.opt.flat.grad
             os.write(1, b"d")
 
 
 class TwoProcesses:
-    """``bench_gpt.NumpySide``'s train or DPO step with its rows cut over this process and a helper.
+    """A ``bench_gpt.NumpySide`` workload with its rows cut over this process and a helper.
 
     Build and use it inside ``one_thread()``: the two processes share the two cores.
     """
@@ -151,8 +183,10 @@ class TwoProcesses:
         directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, self.path = tempfile.mkstemp(prefix="alignment_np_two_processes_", dir=directory)
         os.close(fd)
-        self.params, self.grads = _shared(self.path, self.opt.flat.size, "w+")
-        self.params[...] = self.opt.flat.data
+        # train, dpo: the parameters and the helper's gradients; generate: its tokens and log-probs
+        self.first, self.second = _shared(self.path, self.half.layout(), "w+")
+        if self.opt is not None:
+            self.first[...] = self.opt.flat.data
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         try:
             self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "--helper", config, work, self.path],
@@ -169,24 +203,40 @@ class TwoProcesses:
             self.close()
             raise RuntimeError(f"the helper process stopped (exit status {self.proc.returncode})")
 
-    def gradients(self):
-        """The whole batch's gradient (flat; the optimizer's own buffer), both halves at once."""
+    def _start(self) -> None:
         try:
             os.write(self.proc.stdin.fileno(), b"s")
         except BrokenPipeError:
             pass  # the helper is gone: _expect says so
+
+    def gradients(self):
+        """The whole batch's gradient (flat; the optimizer's own buffer), both halves at once."""
+        self._start()
         self.half.gradients()
         self._expect(b"d")
         grad = self.opt.flat.grad
-        grad += self.grads
+        grad += self.second
         if self.work == "dpo":
             grad *= 0.5  # the mean of the two halves' means over their pairs
         return grad
 
-    def step(self) -> None:
-        """The whole step: gradients, then what ``train`` or ``DPOLMTrainer.train_step`` does after them."""
+    def generate(self) -> dict:
+        """Greedy decoding of every prompt: {"new_tokens", "logprobs"} (B, N), both halves at once."""
+        import numpy as np
+
+        self._start()
+        out = self.half.generate()
+        self._expect(b"d")
+        return {"new_tokens": np.concatenate([out["new_tokens"], self.first]),
+                "logprobs": np.concatenate([out["logprobs"], self.second])}
+
+    def step(self):
+        """The whole step: train and DPO, the gradients, then what ``train`` or
+        ``DPOLMTrainer.train_step`` does after them; generate, ``generate()``."""
         from alignment_np.optim import clip_grad_norm
 
+        if self.work == "generate":
+            return self.generate()
         self.gradients()
         if self.work == "dpo":
             trainer = self.half.side.trainer
@@ -195,7 +245,7 @@ class TwoProcesses:
                 raise FloatingPointError(f"the gradient's norm is {norm}")
             trainer.step += 1
         self.opt.step()
-        self.params[...] = self.opt.flat.data  # for the helper's next step
+        self.first[...] = self.opt.flat.data  # the parameters, for the helper's next step
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -205,17 +255,23 @@ class TwoProcesses:
             os.unlink(self.path)
 
 
-def grad_difference(c: dict, config: str, work: str) -> float:
-    """max |two-process gradient - one-process gradient| / max |one-process gradient|, one step."""
+def difference(c: dict, config: str, work: str) -> float:
+    """How far two processes are from one, on one call.
+
+    train, dpo: max |two-process gradient - one-process gradient| / max |one-process gradient|;
+    generate: the fraction of new tokens that differ from one process's decoding of all the rows.
+    """
     import numpy as np
 
     with one_thread():
         side = TwoProcesses(c, config, work)
         try:
-            two = side.gradients().copy()
+            two = side.step() if work == "generate" else side.gradients().copy()
         finally:
             side.close()
         one_side = bench_gpt.NumpySide(c)
+        if work == "generate":
+            return float(np.mean(two["new_tokens"] != one_side.generate()))
         if work == "train":
             one_side.opt.zero_grad()
             _backward_half(one_side.model, one_side.idx, one_side.targets, 1.0)
@@ -311,7 +367,7 @@ def _workloads(parser, text: str) -> list:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default="tiny,small,medium", help="comma-separated: tiny, small, medium")
-    p.add_argument("--workloads", default="train,dpo", help="comma-separated: train, dpo")
+    p.add_argument("--workloads", default="train,dpo,generate", help="comma-separated: train, dpo, generate")
     p.add_argument("--repeats", type=int, default=9, help="alternated repeats (>= 1)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per timing (> 0)")
     p.add_argument("--no-torch", action="store_true", help="NumPy sides only")
@@ -328,17 +384,17 @@ def main(argv=None) -> dict:
     bench_gpt.require_positive_time(p, args, "min-time")
     sides = [s for s in SIDES if s != "torch" or not args.no_torch]
     torch_cols = ("torch" in sides) * " vs torch |"
-    print(f"# Train and DPO steps on two processes: median of {args.repeats} alternated repeats, each side in a "
+    print(f"# Train, DPO and generation on two processes: median of {args.repeats} alternated repeats, each side in a "
           f"process of its own, {os.cpu_count()} CPUs\n")
-    print(f"| config | work | side | ms per step | vs numpy |{torch_cols} grad diff |")
+    print(f"| config | work | side | ms per call | vs numpy |{torch_cols} diff |")
     print("| --- | --- | --- | ---: | ---: |" + ("torch" in sides) * " ---: |" + " ---: |")
     results = {}
     for name in names:
         c = bench_gpt.CONFIGS[name]
         for work in works:
-            diff = grad_difference(c, name, work)
+            diff = difference(c, name, work)
             seconds = measure(name, work, sides, args.repeats, args.min_time)
-            results[name, work] = {"grad_diff": diff}
+            results[name, work] = {"diff": diff}
             for side in sides:
                 ms = 1e3 * statistics.median(seconds[side])
                 vs = {other: ratio(seconds, side, other) for other in sides if other != "two-processes"}

@@ -285,14 +285,16 @@ def test_tile_sizes_report_and_bad_arguments(capsys):
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("work", ["train", "dpo"])
-def test_two_processes_compute_the_one_process_gradient(work):
-    # Each half's share of the loss: a wrong scale (or a half computed twice) is off by about 1.
+@pytest.mark.parametrize("work", ["train", "dpo", "generate"])
+def test_two_processes_compute_what_one_process_computes(work):
+    # train, DPO: each half's share of the loss; a wrong scale (or a half computed twice) is off by about 1.
+    # generate: the same tokens, row for row (a half swapped or decoded twice differs).
     module = load_script("two_processes")
     from alignment_np.functional import parallel
 
     before = parallel.num_threads()
-    assert module.grad_difference(module.bench_gpt.CONFIGS["tiny"], "tiny", work) < 1e-5
+    difference = module.difference(module.bench_gpt.CONFIGS["tiny"], "tiny", work)
+    assert difference == 0.0 if work == "generate" else difference < 1e-5
     assert parallel.num_threads() == before  # one_thread() restored the count
 
 
@@ -328,11 +330,11 @@ def test_two_processes_report_and_bad_arguments(capsys):
                           "--no-torch"])
     out = capsys.readouterr().out
     row = result["tiny", "train"]
-    assert row["grad_diff"] < 1e-5
+    assert row["diff"] < 1e-5
     assert row["numpy"]["vs_numpy"] == 1.0 and row["numpy"]["ms"] > 0
     assert row["two-processes"]["ms"] > 0 and row["two-processes"]["vs_numpy"] > 0
     assert re.search(r"^\| tiny \| train \| two-processes \| [\d.]+ \| [\d.]+ \| [\d.]+e-\d+ \|$", out, re.MULTILINE)
-    for argv, message in ((["--workloads", "ppo"], "--workloads: expected distinct names from ['train', 'dpo']"),
+    for argv, message in ((["--workloads", "ppo"], "--workloads: expected distinct names from ['train', 'dpo', 'generate']"),
                           (["--repeats", "0"], "--repeats: expected an int >= 1, got 0"),
                           (["--min-time", "0"], "--min-time: expected a number > 0, got 0.0")):
         with pytest.raises(SystemExit):
