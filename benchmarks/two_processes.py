@@ -112,7 +112,7 @@ class Half:
         if work == "train":
             self.idx, self.targets = self.side.idx[rows], self.side.targets[rows]
             self.opt = self.side.opt
-        elif work == "dpo":  # the pairs, cut in two; each half's batch drops the columns that are padding in all its rows
+        elif work == "dpo":  # the pairs cut in two (bench_gpt's rows all have T tokens: no column is dropped)
             n = len(self.side.pairs)
             data = self.side.trainer.prepare(self.side.pairs)
             self.batch = data.batch(np.arange(part * n // 2, (part + 1) * n // 2))
@@ -248,9 +248,10 @@ class TwoProcesses:
         self.first[...] = self.opt.flat.data  # the parameters, for the helper's next step
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()  # the helper's loop ends at the end of its input
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
@@ -331,9 +332,10 @@ class Side:
         return self._read()["seconds"]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+        self.proc.stdin.close()  # the side's loop ends at the end of its input
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def measure(config: str, work: str, sides: list, repeats: int, min_time: float) -> dict:

@@ -334,7 +334,9 @@ def test_two_processes_report_and_bad_arguments(capsys):
     assert row["numpy"]["vs_numpy"] == 1.0 and row["numpy"]["ms"] > 0
     assert row["two-processes"]["ms"] > 0 and row["two-processes"]["vs_numpy"] > 0
     assert re.search(r"^\| tiny \| train \| two-processes \| [\d.]+ \| [\d.]+ \| [\d.]+e-\d+ \|$", out, re.MULTILINE)
-    for argv, message in ((["--workloads", "ppo"], "--workloads: expected distinct names from ['train', 'dpo', 'generate']"),
+    workloads = "--workloads: expected distinct names from ['train', 'dpo', 'generate']"
+    for argv, message in ((["--workloads", "ppo"], workloads),
+                          (["--workloads", "train,train"], workloads),
                           (["--repeats", "0"], "--repeats: expected an int >= 1, got 0"),
                           (["--min-time", "0"], "--min-time: expected a number > 0, got 0.0")):
         with pytest.raises(SystemExit):
