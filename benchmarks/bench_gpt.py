@@ -545,6 +545,11 @@ class Worker:
             except BrokenPipeError:
                 pass
             self.proc.wait(timeout=60)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                pipe.close()
+            except BrokenPipeError:  # stdin's buffer, flushed to a worker that is gone
+                pass
 
 
 def worker_env(side: str, coretype) -> dict:

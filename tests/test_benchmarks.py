@@ -34,10 +34,11 @@ def load_bench():
 def test_quick_run_from_the_command_line_numpy_only():
     env = {**os.environ, "PYTHONPATH": ""}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--configs", "tiny", "--no-torch"],
+        [sys.executable, "-W", "always::ResourceWarning", str(SCRIPT), "--quick", "--configs", "tiny", "--no-torch"],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT.parent,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "ResourceWarning" not in proc.stderr  # every worker's pipes are closed
     out = proc.stdout
     # the NumPy worker ran as a learner runs it: no allocator call, torch never imported
     assert re.search(r"- numpy: \S+, OpenBLAS core type \S+, \d+ BLAS threads, \d+ alignment_np threads; "
