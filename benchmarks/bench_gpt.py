@@ -509,6 +509,15 @@ def memory_probe(side: str, c: dict, workloads=WORKLOADS) -> dict:
 # ---------------------------------------------------------------- the driver
 
 
+def read_reply(proc, who: str) -> dict:
+    """One JSON line from a worker process's stdout; if it died, a RuntimeError with its last stderr lines."""
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read().strip().splitlines()
+        raise RuntimeError(f"{who} died: {' | '.join(err[-3:])}")
+    return json.loads(line)
+
+
 class Worker:
     """A side's worker process, driven over its stdin/stdout."""
 
@@ -526,11 +535,7 @@ class Worker:
         self.info = self.hello.get("info", {})
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read().strip().splitlines()
-            raise RuntimeError(f"the {self.side} worker died: {' | '.join(err[-3:])}")
-        return json.loads(line)
+        return read_reply(self.proc, f"the {self.side} worker")
 
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")

@@ -320,11 +320,7 @@ class Side:
         self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read().strip().splitlines()
-            raise RuntimeError(f"the {self.name} side died: {' | '.join(err[-3:])}")
-        return json.loads(line)
+        return bench_gpt.read_reply(self.proc, f"the {self.name} side")
 
     def time(self, min_time: float) -> float:
         self.proc.stdin.write(f"time {min_time}\n")
